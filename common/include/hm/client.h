@@ -1,0 +1,41 @@
+/*
+ * hm/client.h - calling other daemons (and partner services) over gRPC.
+ *
+ * One process-wide client caches a channel per target ("host:port"). hm_client_unary() makes
+ * one unary call with a deadline, retries with exponential backoff and full jitter on
+ * UNAVAILABLE only (the one code that says the request was not processed), passes the
+ * parent call's traceparent and request id on, and never forwards the end user's token: the
+ * caller adds its own service credential through `metadata`.
+ */
+#ifndef HM_CLIENT_H
+#define HM_CLIENT_H
+
+#include <stdint.h>
+
+#include "hm/server.h"
+
+typedef struct hm_client hm_client_t;
+
+typedef struct hm_client_opts {
+    int64_t timeout_ms; /* per call, all attempts included; 0 = 5000. Capped by the parent's
+                           remaining deadline. */
+    int max_attempts;   /* 0 = 3; 1 disables retries */
+    hm_call_t *parent;  /* the call being served (trace context, request id, deadline) or NULL */
+    const char *const *metadata; /* extra request metadata: key, value, ..., NULL */
+} hm_client_opts_t;
+
+/* Creates a client; destroy it after every call using it has returned. */
+hm_client_t *hm_client_create(int64_t max_message_bytes);
+void hm_client_destroy(hm_client_t *client);
+
+/*
+ * Calls `method` ("/pkg.Service/Method") on `target` with `req`. On OK, *resp is the decoded
+ * response allocated in `arena`. On error, the status carries the peer's code and message and,
+ * when the peer sent google.rpc.ErrorInfo, its reason (all strings in `arena`). Thread-safe.
+ */
+hm_status_t hm_client_unary(hm_client_t *client, const char *target, const char *method,
+                            const ProtobufCMessage *req,
+                            const ProtobufCMessageDescriptor *resp_desc, hm_arena_t *arena,
+                            const hm_client_opts_t *opts, ProtobufCMessage **resp);
+
+#endif

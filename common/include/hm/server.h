@@ -1,0 +1,148 @@
+/*
+ * hm/server.h - the gRPC server runtime every daemon lives in.
+ *
+ * A daemon declares its services as method tables (full method name, protobuf-c request and
+ * response descriptors, handler, auth policy) and calls hm_daemon_main(). The runtime does the
+ * rest: configuration, logs, migrations, N worker threads each with its own completion queue,
+ * Postgres and Redis connection, decoding, deadlines, request ids, the rich error model,
+ * access logs, metrics, the grpc.health.v1 service and graceful shutdown.
+ *
+ * Handlers are plain sequential C: they run on one worker thread, allocate from the call's
+ * arena (never free()), and return an hm_status_t.
+ */
+#ifndef HM_SERVER_H
+#define HM_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "hm/arena.h"
+#include "hm/config.h"
+#include "hm/err.h"
+
+typedef struct hm_db hm_db_t;
+typedef struct hm_cache hm_cache_t;
+typedef struct hm_crypto hm_crypto_t;
+typedef struct hm_migration hm_migration_t;
+typedef struct hm_worker hm_worker_t;
+typedef struct hm_call hm_call_t;
+
+/* Roles a principal may hold (bit set), for method policies. */
+enum {
+    HM_ROLE_GUEST = 1u << 0,
+    HM_ROLE_STAFF = 1u << 1,
+    HM_ROLE_ADMIN = 1u << 2,
+    HM_ROLE_SERVICE = 1u << 3,
+    HM_ROLES_ANY = 0xfu,
+};
+
+/*
+ * Who may call a method. `open` methods need no credentials (health). Otherwise the caller's
+ * roles must intersect `roles`; with `self_field` set, a guest caller may only name itself in
+ * that request field (e.g. "guest_id"). Enforced by the auth layer (common library issue).
+ */
+typedef struct hm_policy {
+    bool open;
+    unsigned roles;
+    const char *self_field;
+} hm_policy_t;
+
+/* The handler of one RPC: decode and encode are done by the runtime. `req` is the decoded
+ * request (arena memory); the handler sets *resp to a response message it built in the arena
+ * (or leaves it NULL for an empty response) and returns the status. */
+typedef hm_status_t (*hm_handler_fn)(hm_call_t *call, const ProtobufCMessage *req,
+                                     ProtobufCMessage **resp);
+
+typedef struct hm_method {
+    const char *name;                          /* "/hospitality.guest.v1.GuestService/GetProfile" */
+    const ProtobufCMessageDescriptor *request; /* request type */
+    const ProtobufCMessageDescriptor *response; /* response type */
+    hm_handler_fn handler;
+    hm_policy_t policy;
+} hm_method_t;
+
+typedef struct hm_service {
+    const char *name; /* "hospitality.guest.v1.GuestService": also its health service name */
+    const hm_method_t *methods;
+    size_t nmethods;
+} hm_service_t;
+
+/*
+ * One call, as a handler sees it. Everything here lives until the call ends. Fields are
+ * read-only for handlers except the arena (allocate from it freely).
+ */
+struct hm_call {
+    hm_arena_t arena;          /* freed when the call ends; use for all call memory */
+    const hm_method_t *method; /* the method being served */
+    hm_db_t *db;               /* this worker's Postgres connection (NULL: no database) */
+    hm_cache_t *cache;         /* this worker's Redis connection (may be disabled) */
+    hm_crypto_t *crypto;       /* process keyring for PII (NULL when not configured) */
+    void *app;                 /* the daemon's state (hm_daemon_t.app) */
+    const char *request_id;    /* from x-request-id or generated; sent back in metadata */
+    const char *traceparent;   /* incoming W3C traceparent, or NULL */
+    const char *peer;          /* client address */
+    int64_t deadline_ms;       /* CLOCK_MONOTONIC ms; INT64_MAX when the client set none */
+    int64_t start_ns;          /* CLOCK_MONOTONIC ns when the call started */
+    hm_worker_t *worker;       /* owning worker (runtime-internal) */
+};
+
+/* Milliseconds left before the call's deadline (INT64_MAX without one; <= 0 when expired). */
+int64_t hm_call_remaining_ms(const hm_call_t *call);
+
+/* The first value of request metadata `key` (lower case), copied into the arena; NULL when
+ * absent. Binary ("-bin") values are returned raw with their length in *len (may be NULL). */
+const char *hm_call_metadata(hm_call_t *call, const char *key, size_t *len);
+
+/* Error statuses with a message formatted into the call's arena. */
+hm_status_t hm_call_error(hm_call_t *call, hm_code_t code, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* INVALID_ARGUMENT naming `field` (reason VALIDATION_FAILED). */
+hm_status_t hm_call_invalid(hm_call_t *call, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The status for an HM_E* error from a library call, with `what` prefixed to the message
+ * ("load profile: dependency unavailable"). */
+hm_status_t hm_call_fail(hm_call_t *call, int err, const char *what);
+
+/* Milliseconds since the epoch (CLOCK_REALTIME) and CLOCK_MONOTONIC ms/ns. */
+int64_t hm_now_ms(void);
+int64_t hm_mono_ms(void);
+int64_t hm_mono_ns(void);
+
+/* Fills `out` with `n` random bytes from the process CSPRNG (getrandom); aborts on failure. */
+void hm_random_bytes(void *out, size_t n);
+
+/* Per-process information a daemon passes to hm_daemon_main. */
+typedef struct hm_daemon {
+    const char *name;               /* "guestd": log name, Redis key prefix, consumer group */
+    const char *description;        /* one line for --help */
+    const char *default_grpc_addr;  /* default for HM_GRPC_ADDR ("0.0.0.0:50051") */
+    const char *default_admin_addr; /* default for HM_ADMIN_ADDR */
+    const hm_service_t *const *services;
+    size_t nservices;
+    const hm_cfg_var_t *config_vars; /* the daemon's own variables (may be NULL) */
+    size_t nconfig_vars;
+    void *config; /* target struct of config_vars */
+    const hm_migration_t *migrations;
+    size_t nmigrations;
+    bool needs_crypto; /* refuse to start without HM_PII_KEYS */
+    /* Called once after configuration, migrations and logging are up, before serving;
+     * returns 0 or an HM_E* code (start-up fails). May set `app`. */
+    int (*init)(const hm_common_config_t *common, void **app);
+    /* Called after the server stopped and workers exited. */
+    void (*fini)(void *app);
+} hm_daemon_t;
+
+/*
+ * Runs a daemon: parses --help/--version, loads and validates configuration (exit 2 with a
+ * message naming the variable), applies migrations, starts workers and the admin port, serves
+ * until SIGTERM/SIGINT, drains and returns the process exit status (0 after a clean drain).
+ */
+int hm_daemon_main(int argc, char **argv, const hm_daemon_t *daemon);
+
+/* The process's common configuration (valid inside hm_daemon_main). */
+const hm_common_config_t *hm_config(void);
+
+#endif

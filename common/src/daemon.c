@@ -1,0 +1,193 @@
+/*
+ * daemon.c - hm_daemon_main(): the life of a daemon process.
+ *
+ * Order of start-up: arguments, configuration (all variables validated before anything
+ * starts), logging, signal mask (before grpc_init so the core's threads inherit it: pitfall
+ * 5), keyring, database migrations (retried while Postgres comes up), the daemon's init hook,
+ * the admin port, the gRPC server. The main thread then waits for SIGTERM/SIGINT, probing
+ * Postgres once a second to drive readiness. Shutdown: readiness NOT_SERVING, optional delay
+ * (load balancers notice), stop accepting, drain within HM_SHUTDOWN_GRACE, cancel the rest,
+ * the daemon's fini hook, exit 0.
+ */
+#include <grpc/grpc.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hm/cache.h"
+#include "hm/crypto.h"
+#include "hm/db.h"
+#include "hm/log.h"
+#include "hm/migrate.h"
+#include "internal.h"
+
+#define MIGRATE_WAIT_MS 30000 /* how long start-up waits for Postgres */
+
+static hm_common_config_t cfg;
+static hm_db_t *probe_db; /* main thread's own connection: migrations and readiness */
+
+const hm_common_config_t *hm_config(void)
+{
+    return &cfg;
+}
+
+void hm__metrics_extra(FILE *out)
+{
+    fprintf(out,
+            "# HELP hm_ready 1 while the daemon reports SERVING for readiness.\n"
+            "# TYPE hm_ready gauge\nhm_ready %d\n",
+            hm__health_ready() ? 1 : 0);
+}
+
+static void usage(FILE *out, const hm_daemon_t *d)
+{
+    fprintf(out,
+            "%s %s - %s\n\nUsage: %s [--help] [--version]\n\nConfiguration is read from the "
+            "environment:\n\n",
+            d->name, HM_VERSION, d->description ? d->description : "", d->name);
+    hm_config_help(out, hm_common_config_vars, hm_common_config_nvars);
+    if (d->nconfig_vars) {
+        fprintf(out, "\n%s:\n", d->name);
+        hm_config_help(out, d->config_vars, d->nconfig_vars);
+    }
+}
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+static int migrate(const hm_daemon_t *d)
+{
+    char err[512];
+    int64_t until = hm_mono_ms() + MIGRATE_WAIT_MS;
+    for (;;) {
+        int rc = hm_migrate_up(probe_db, d->name, d->migrations, d->nmigrations, err, sizeof(err));
+        if (rc == 0)
+            return 0;
+        if (rc != HM_EUNAVAIL || hm_mono_ms() > until) {
+            HM_ERROR("migrations failed: %s", err);
+            return rc;
+        }
+        HM_WARN("waiting for Postgres: %s", err);
+        sleep_ms(1000);
+    }
+}
+
+int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout, d);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("%s %s (grpc core %s)\n", d->name, HM_VERSION, grpc_version_string());
+            return 0;
+        }
+        fprintf(stderr, "%s: unknown argument %s (see --help)\n", d->name, argv[i]);
+        return 2;
+    }
+    if (d->default_grpc_addr)
+        setenv("HM_GRPC_ADDR", d->default_grpc_addr, 0);
+    if (d->default_admin_addr)
+        setenv("HM_ADMIN_ADDR", d->default_admin_addr, 0);
+
+    char err[512];
+    if (hm_config_load(hm_common_config_vars, hm_common_config_nvars, &cfg, err, sizeof(err)) ||
+        (d->nconfig_vars &&
+         hm_config_load(d->config_vars, d->nconfig_vars, d->config, err, sizeof(err)))) {
+        fprintf(stderr, "%s: configuration error: %s\n", d->name, err);
+        return 2;
+    }
+    hm_log_init(d->name, (hm_log_level_t)cfg.log_level);
+
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    hm_crypto_t *crypto = NULL;
+    if (cfg.pii_keys && *cfg.pii_keys) {
+        crypto = hm_crypto_create(cfg.pii_keys, cfg.pii_index_key, err, sizeof(err));
+        if (!crypto) {
+            fprintf(stderr, "%s: configuration error: %s\n", d->name, err);
+            return 2;
+        }
+    } else if (d->needs_crypto) {
+        fprintf(stderr,
+                "%s: configuration error: HM_PII_KEYS: required (personal data is "
+                "encrypted at rest)\n",
+                d->name);
+        return 2;
+    }
+
+    int status = 1;
+    void *app = NULL;
+    probe_db = hm_db_create(cfg.database_url, cfg.statement_timeout_ms);
+    if (migrate(d) != 0)
+        goto out_db;
+    if (d->init && d->init(&cfg, &app) != 0) {
+        HM_ERROR("initialisation failed");
+        goto out_db;
+    }
+
+    grpc_init();
+    hm__health_init(d->services, d->nservices);
+    if (hm__admin_start(cfg.admin_addr, err, sizeof(err)) != 0) {
+        HM_ERROR("%s", err);
+        goto out_grpc;
+    }
+    hm__runtime_opts_t opts = {d, &cfg, crypto, app};
+    if (hm__server_start(&opts, err, sizeof(err)) != 0) {
+        HM_ERROR("%s", err);
+        hm__admin_stop();
+        goto out_grpc;
+    }
+
+    bool db_ok = hm_db_ping(probe_db) == 0;
+    hm__health_update(db_ok, false, false);
+    HM_INFO("%s %s started (%s)", d->name, HM_VERSION, db_ok ? "ready" : "waiting for Postgres");
+    int sig;
+    for (;;) {
+        struct timespec tick = {1, 0};
+        sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        bool ok = hm_db_ping(probe_db) == 0;
+        if (ok != db_ok)
+            HM_WARN("postgres %s", ok ? "reachable again: ready" : "unreachable: not ready");
+        db_ok = ok;
+        hm__health_update(db_ok, false, false);
+    }
+
+    HM_INFO("received %s: draining (grace %lld ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+            (long long)cfg.shutdown_grace_ms);
+    hm__health_update(db_ok, true, false);
+    hm__server_drain();
+    if (cfg.shutdown_delay_ms > 0)
+        sleep_ms(cfg.shutdown_delay_ms);
+    hm__server_stop(cfg.shutdown_grace_ms);
+    hm__health_update(db_ok, true, true);
+    if (d->fini)
+        d->fini(app);
+    hm__admin_stop();
+    HM_INFO("stopped cleanly");
+    status = 0;
+out_grpc:
+    hm__health_deinit();
+    grpc_shutdown();
+out_db:
+    hm_db_destroy(probe_db);
+    if (crypto)
+        hm_crypto_destroy(crypto);
+    return status;
+}

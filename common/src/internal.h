@@ -1,0 +1,59 @@
+/*
+ * internal.h - runtime-private declarations shared by server.c, health.c, admin.c and
+ * daemon.c. Not installed; symbols are hm__-prefixed.
+ */
+#ifndef HM_INTERNAL_H
+#define HM_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "hm/server.h"
+
+/* grpc.health.v1.HealthCheckResponse.ServingStatus values. */
+enum {
+    HM__HEALTH_UNKNOWN = 0,
+    HM__HEALTH_SERVING = 1,
+    HM__HEALTH_NOT_SERVING = 2,
+    HM__HEALTH_SERVICE_UNKNOWN = 3
+};
+
+/* Health names: "", "liveness", "readiness" and every service name. */
+void hm__health_init(const hm_service_t *const *services, size_t n);
+void hm__health_deinit(void);
+/* Status of a health name; HM__HEALTH_SERVICE_UNKNOWN for names not registered. */
+int hm__health_get(const char *name);
+/* Recomputes every status from the inputs; bumps the generation when anything changed. */
+void hm__health_update(bool db_ok, bool draining, bool stopping);
+unsigned hm__health_generation(void);
+bool hm__health_ready(void);
+
+/* Server runtime (server.c). */
+typedef struct hm__runtime_opts {
+    const hm_daemon_t *daemon;
+    const hm_common_config_t *cfg;
+    hm_crypto_t *crypto;
+    void *app;
+} hm__runtime_opts_t;
+
+int hm__server_start(const hm__runtime_opts_t *opts, char *err, size_t errlen);
+/* Begins draining: health NOT_SERVING is the caller's; ends Watch streams. */
+void hm__server_drain(void);
+/* Stops accepting, waits up to grace_ms for in-flight calls, cancels the rest, joins the
+ * workers and frees the server. */
+void hm__server_stop(int64_t grace_ms);
+
+/* Metrics, rendered in Prometheus text format into `out` (admin.c calls this). */
+void hm__server_metrics(FILE *out);
+/* Calls currently being served (all workers). */
+long hm__server_inflight(void);
+
+/* Extra metrics lines (database, cache, readiness) appended to /metrics. */
+void hm__metrics_extra(FILE *out);
+
+/* Admin HTTP port: /metrics, /healthz, /readyz. */
+int hm__admin_start(const char *addr, char *err, size_t errlen);
+void hm__admin_stop(void);
+
+#endif

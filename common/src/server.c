@@ -1,0 +1,1071 @@
+/*
+ * server.c - the gRPC server on the C core: worker threads, calls, health, error details.
+ *
+ * Model (see docs/ARCHITECTURE.md and shared/notes/grpc-c-core.md):
+ * - N workers, each with its own completion queue, Postgres and Redis connection. A worker
+ *   owns each call it receives from start to end, so no call state is shared between threads.
+ * - Each worker keeps exactly one request posted per registered method, re-posted only after
+ *   the handler returns: a busy worker then has nothing posted and new calls bind to idle
+ *   workers instead of queueing behind it (pitfall 3).
+ * - Each worker also keeps one generic request posted that answers UNIMPLEMENTED at once for
+ *   methods nobody registered (pitfall 2).
+ * - A unary call is answered with one batch: initial metadata (x-request-id), message, status
+ *   (+ grpc-status-details-bin on errors) and RECV_CLOSE_ON_SERVER. Health Watch streams keep
+ *   RECV_CLOSE posted separately and send a message whenever the status changes.
+ * - Tags are pointers to tag_t embedded in the owning struct; a call is freed only when its
+ *   outstanding batches reach zero, and a worker shuts its queue down only when it has no
+ *   live calls (pitfall 1).
+ */
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "google/protobuf/any.pb-c.h"
+#include "google/rpc/error_details.pb-c.h"
+#include "google/rpc/status.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "hm/cache.h"
+#include "hm/db.h"
+#include "hm/log.h"
+#include "internal.h"
+
+#define HOUSEKEEPING_MS 100 /* worker wake-up period for Watch updates and shutdown */
+#define ERROR_DOMAIN    "hospitality.mesh"
+#define HEALTH_CHECK    "/grpc.health.v1.Health/Check"
+#define HEALTH_WATCH    "/grpc.health.v1.Health/Watch"
+#define LATENCY_BUCKETS 14
+
+static const double latency_bounds[LATENCY_BUCKETS] = {
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
+
+typedef enum tag_kind {
+    TAG_REQUEST, /* a posted request for a registered method completed */
+    TAG_GENERIC, /* the posted generic request (unknown method) completed */
+    TAG_DONE,    /* a call's final batch (or a Watch stream's send batch) completed */
+    TAG_CLOSE,   /* a Watch stream's RECV_CLOSE_ON_SERVER completed */
+} tag_kind_t;
+
+typedef struct tag {
+    tag_kind_t kind;
+} tag_t;
+
+#define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
+
+typedef enum builtin { BUILTIN_NONE, BUILTIN_HEALTH_CHECK, BUILTIN_HEALTH_WATCH } builtin_t;
+
+/* A registered method: the daemon's, or a built-in health method. Immutable after start. */
+typedef struct rt_method {
+    const char *name;
+    const hm_method_t *m; /* NULL for built-ins */
+    builtin_t builtin;
+    void *handle; /* grpc_server_register_method */
+} rt_method_t;
+
+/* One posted request of one method on one worker. Owned by the worker. */
+typedef struct slot {
+    tag_t tag;
+    int method;      /* index into rt.methods */
+    bool posted;     /* a request is outstanding on the worker's queue */
+    grpc_call *call; /* filled by the core on completion */
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+} slot_t;
+
+typedef struct generic_slot {
+    tag_t tag;
+    bool posted;
+    grpc_call *call;
+    grpc_call_details details;
+    grpc_metadata_array md;
+} generic_slot_t;
+
+/* A live call. Recycled through the worker's free list; the arena keeps its first block. */
+typedef struct call_impl {
+    hm_call_t pub;          /* what handlers see; first member */
+    tag_t done;             /* final batch / Watch send batch */
+    tag_t close;            /* Watch RECV_CLOSE_ON_SERVER */
+    grpc_call *call;        /* owned reference; unref'd when refs reaches 0 */
+    grpc_metadata_array md; /* request metadata; slices die with the call */
+    int refs;               /* outstanding batches; the call is freed at 0 */
+    int method;             /* index into rt.methods; -1 for unknown methods */
+    int cancelled;          /* set by RECV_CLOSE_ON_SERVER */
+    hm_code_t code;         /* status sent (metrics, access log) */
+    /* Send state: everything a batch refers to lives here until the batch completes. */
+    grpc_metadata initial_md[1];
+    grpc_metadata trailing_md[1];
+    size_t ntrailing;
+    grpc_slice status_slice;
+    grpc_byte_buffer *send_bb;
+    grpc_byte_buffer *recv_bb; /* generic calls: the unread message, discarded */
+    /* Watch streams only. */
+    const char *watch_name; /* health name watched (arena) */
+    int last_sent;          /* last status sent, -1 before the first */
+    bool send_pending;      /* a send batch is outstanding */
+    bool finishing;         /* the final status has been sent */
+    bool closed;            /* RECV_CLOSE_ON_SERVER completed: the call is over */
+    struct call_impl *next; /* Watch list or free list */
+    char request_id[48];
+} call_impl_t;
+
+struct hm_worker {
+    int id;
+    pthread_t thread;
+    grpc_completion_queue *cq;
+    hm_db_t *db;
+    hm_cache_t *cache;
+    slot_t *slots; /* one per registered method */
+    generic_slot_t generic;
+    int live; /* calls taken from the core and not yet freed */
+    call_impl_t *free_calls;
+    call_impl_t *watches; /* live Watch streams */
+    bool cq_shut;
+    unsigned health_gen; /* last health generation pushed to Watch streams */
+    uint64_t rng;        /* request-id generator state */
+    /* Metrics, written by this worker only (relaxed atomics so the admin thread may read). */
+    uint64_t (*counts)[HM_CODE_COUNT];        /* [nmethods + 1][code]; last row: unknown */
+    uint64_t (*latency)[LATENCY_BUCKETS + 1]; /* [nmethods][bucket]; last bucket: +Inf */
+    uint64_t *latency_sum_us;                 /* [nmethods] */
+    long inflight;
+};
+
+static struct runtime {
+    const hm_daemon_t *daemon;
+    const hm_common_config_t *cfg;
+    hm_crypto_t *crypto;
+    void *app;
+    grpc_server *server;
+    grpc_completion_queue *shutdown_cq;
+    rt_method_t *methods;
+    int nmethods;
+    hm_worker_t *workers;
+    int nworkers;
+    atomic_int accepting; /* requests may be (re)posted */
+    atomic_int draining;  /* end Watch streams */
+    atomic_int stopping;  /* server shut down: workers exit once idle */
+} rt;
+
+/* ---- time and randomness ---- */
+
+int64_t hm_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t hm_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t hm_mono_ms(void)
+{
+    return hm_mono_ns() / 1000000;
+}
+
+void hm_random_bytes(void *out, size_t n)
+{
+    unsigned char *p = out;
+    while (n > 0) {
+        ssize_t r = getrandom(p, n, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            HM_ERROR("getrandom failed: %s", strerror(errno));
+            abort();
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* ---- call API for handlers ---- */
+
+int64_t hm_call_remaining_ms(const hm_call_t *call)
+{
+    if (call->deadline_ms == INT64_MAX)
+        return INT64_MAX;
+    return call->deadline_ms - hm_mono_ms();
+}
+
+static bool slice_eq_str(grpc_slice s, const char *str)
+{
+    size_t n = strlen(str);
+    return GRPC_SLICE_LENGTH(s) == n && memcmp(GRPC_SLICE_START_PTR(s), str, n) == 0;
+}
+
+const char *hm_call_metadata(hm_call_t *pub, const char *key, size_t *len)
+{
+    call_impl_t *c = (call_impl_t *)pub;
+    for (size_t i = 0; i < c->md.count; i++) {
+        if (slice_eq_str(c->md.metadata[i].key, key)) {
+            grpc_slice v = c->md.metadata[i].value;
+            if (len)
+                *len = GRPC_SLICE_LENGTH(v);
+            return hm_arena_strndup(&pub->arena, (const char *)GRPC_SLICE_START_PTR(v),
+                                    GRPC_SLICE_LENGTH(v));
+        }
+    }
+    return NULL;
+}
+
+hm_status_t hm_call_error(hm_call_t *call, hm_code_t code, const char *reason, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = hm_arena_vprintf(&call->arena, fmt, ap);
+    va_end(ap);
+    return (hm_status_t){code, reason, msg, NULL};
+}
+
+hm_status_t hm_call_invalid(hm_call_t *call, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = hm_arena_vprintf(&call->arena, fmt, ap);
+    va_end(ap);
+    return (hm_status_t){HM_CODE_INVALID_ARGUMENT, "VALIDATION_FAILED",
+                         hm_arena_printf(&call->arena, "%s: %s", field, msg), field};
+}
+
+hm_status_t hm_call_fail(hm_call_t *call, int err, const char *what)
+{
+    hm_status_t st = hm_status_from_err(err);
+    if (what)
+        st.message = hm_arena_printf(&call->arena, "%s: %s", what, st.message);
+    return st;
+}
+
+/* ---- metrics ---- */
+
+static void count_call(hm_worker_t *w, int method, hm_code_t code, int64_t dur_ns)
+{
+    int row = method < 0 ? rt.nmethods : method;
+    __atomic_fetch_add(&w->counts[row][code], 1, __ATOMIC_RELAXED);
+    if (method < 0)
+        return;
+    double secs = (double)dur_ns / 1e9;
+    int b = 0;
+    while (b < LATENCY_BUCKETS && secs > latency_bounds[b])
+        b++;
+    __atomic_fetch_add(&w->latency[method][b], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&w->latency_sum_us[method], (uint64_t)(dur_ns / 1000), __ATOMIC_RELAXED);
+}
+
+long hm__server_inflight(void)
+{
+    long n = 0;
+    for (int i = 0; i < rt.nworkers; i++)
+        n += __atomic_load_n(&rt.workers[i].inflight, __ATOMIC_RELAXED);
+    return n;
+}
+
+void hm__server_metrics(FILE *out)
+{
+    if (!rt.workers)
+        return;
+    fprintf(out, "# HELP hm_grpc_requests_total gRPC calls served, by method and status code.\n"
+                 "# TYPE hm_grpc_requests_total counter\n");
+    for (int m = 0; m <= rt.nmethods; m++) {
+        const char *name = m < rt.nmethods ? rt.methods[m].name : "unknown";
+        for (int code = 0; code < HM_CODE_COUNT; code++) {
+            uint64_t n = 0;
+            for (int i = 0; i < rt.nworkers; i++)
+                n += __atomic_load_n(&rt.workers[i].counts[m][code], __ATOMIC_RELAXED);
+            if (n)
+                fprintf(out, "hm_grpc_requests_total{method=\"%s\",code=\"%s\"} %llu\n", name,
+                        hm_code_name((hm_code_t)code), (unsigned long long)n);
+        }
+    }
+    fprintf(out, "# HELP hm_grpc_request_duration_seconds Time from call start to status.\n"
+                 "# TYPE hm_grpc_request_duration_seconds histogram\n");
+    for (int m = 0; m < rt.nmethods; m++) {
+        uint64_t cum = 0, sum_us = 0;
+        uint64_t b[LATENCY_BUCKETS + 1] = {0};
+        for (int i = 0; i < rt.nworkers; i++) {
+            for (int k = 0; k <= LATENCY_BUCKETS; k++)
+                b[k] += __atomic_load_n(&rt.workers[i].latency[m][k], __ATOMIC_RELAXED);
+            sum_us += __atomic_load_n(&rt.workers[i].latency_sum_us[m], __ATOMIC_RELAXED);
+        }
+        for (int k = 0; k <= LATENCY_BUCKETS; k++)
+            cum += b[k];
+        if (cum == 0)
+            continue;
+        uint64_t run = 0;
+        for (int k = 0; k < LATENCY_BUCKETS; k++) {
+            run += b[k];
+            fprintf(out, "hm_grpc_request_duration_seconds_bucket{method=\"%s\",le=\"%g\"} %llu\n",
+                    rt.methods[m].name, latency_bounds[k], (unsigned long long)run);
+        }
+        fprintf(out,
+                "hm_grpc_request_duration_seconds_bucket{method=\"%s\",le=\"+Inf\"} %llu\n"
+                "hm_grpc_request_duration_seconds_sum{method=\"%s\"} %.6f\n"
+                "hm_grpc_request_duration_seconds_count{method=\"%s\"} %llu\n",
+                rt.methods[m].name, (unsigned long long)cum, rt.methods[m].name,
+                (double)sum_us / 1e6, rt.methods[m].name, (unsigned long long)cum);
+    }
+    fprintf(out,
+            "# HELP hm_grpc_inflight_calls Calls being served now.\n"
+            "# TYPE hm_grpc_inflight_calls gauge\nhm_grpc_inflight_calls %ld\n",
+            hm__server_inflight());
+}
+
+/* ---- call objects ---- */
+
+static call_impl_t *call_new(hm_worker_t *w, int method)
+{
+    call_impl_t *c = w->free_calls;
+    if (c) {
+        w->free_calls = c->next;
+    } else {
+        c = hm_xcalloc(1, sizeof(*c));
+        hm_arena_init(&c->pub.arena, 0);
+        c->done.kind = TAG_DONE;
+        c->close.kind = TAG_CLOSE;
+    }
+    c->next = NULL;
+    c->method = method;
+    c->refs = 0;
+    c->cancelled = 0;
+    c->code = HM_CODE_OK;
+    c->ntrailing = 0;
+    c->status_slice = grpc_empty_slice();
+    c->send_bb = NULL;
+    c->recv_bb = NULL;
+    c->watch_name = NULL;
+    c->last_sent = -1;
+    c->send_pending = false;
+    c->finishing = false;
+    c->closed = false;
+    c->pub.method = method >= 0 ? rt.methods[method].m : NULL;
+    c->pub.db = w->db;
+    c->pub.cache = w->cache;
+    c->pub.crypto = rt.crypto;
+    c->pub.app = rt.app;
+    c->pub.worker = w;
+    c->pub.traceparent = NULL;
+    c->pub.peer = NULL;
+    c->pub.deadline_ms = INT64_MAX;
+    c->pub.start_ns = hm_mono_ns();
+    w->live++;
+    __atomic_store_n(&w->inflight, w->live, __ATOMIC_RELAXED);
+    return c;
+}
+
+static void call_free(hm_worker_t *w, call_impl_t *c)
+{
+    if (c->watch_name) /* streams are counted when they end */
+        count_call(w, c->method, c->finishing ? c->code : HM_CODE_CANCELLED,
+                   hm_mono_ns() - c->pub.start_ns);
+    if (c->send_bb)
+        grpc_byte_buffer_destroy(c->send_bb);
+    if (c->recv_bb)
+        grpc_byte_buffer_destroy(c->recv_bb);
+    grpc_slice_unref(c->status_slice);
+    for (size_t i = 0; i < c->ntrailing; i++)
+        grpc_slice_unref(c->trailing_md[i].value);
+    grpc_metadata_array_destroy(&c->md);
+    if (c->call)
+        grpc_call_unref(c->call);
+    c->call = NULL;
+    hm_arena_reset(&c->pub.arena);
+    c->next = w->free_calls;
+    w->free_calls = c;
+    w->live--;
+    __atomic_store_n(&w->inflight, w->live, __ATOMIC_RELAXED);
+}
+
+static void call_unref(hm_worker_t *w, call_impl_t *c)
+{
+    if (--c->refs == 0)
+        call_free(w, c);
+}
+
+/* The request id: the client's x-request-id when sane, else 32 random hex digits. */
+static void set_request_id(hm_worker_t *w, call_impl_t *c)
+{
+    for (size_t i = 0; i < c->md.count; i++) {
+        if (!slice_eq_str(c->md.metadata[i].key, "x-request-id"))
+            continue;
+        grpc_slice v = c->md.metadata[i].value;
+        size_t n = GRPC_SLICE_LENGTH(v);
+        const unsigned char *p = GRPC_SLICE_START_PTR(v);
+        bool ok = n > 0 && n < sizeof(c->request_id);
+        for (size_t k = 0; ok && k < n; k++)
+            ok = (p[k] >= '0' && p[k] <= '9') || (p[k] >= 'a' && p[k] <= 'z') ||
+                 (p[k] >= 'A' && p[k] <= 'Z') || p[k] == '-' || p[k] == '_' || p[k] == '.';
+        if (ok) {
+            memcpy(c->request_id, p, n);
+            c->request_id[n] = '\0';
+            c->pub.request_id = c->request_id;
+            return;
+        }
+    }
+    uint64_t a = splitmix(&w->rng), b = splitmix(&w->rng);
+    snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx", (unsigned long long)a,
+             (unsigned long long)b);
+    c->pub.request_id = c->request_id;
+}
+
+static void set_deadline(call_impl_t *c, gpr_timespec deadline)
+{
+    gpr_timespec mono = gpr_convert_clock_type(deadline, GPR_CLOCK_MONOTONIC);
+    if (gpr_time_cmp(mono, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0) {
+        c->pub.deadline_ms = INT64_MAX;
+        return;
+    }
+    /* gpr's monotonic clock and CLOCK_MONOTONIC differ by an offset: convert via "now". */
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    gpr_timespec left = gpr_time_sub(mono, now);
+    int64_t left_ms = (int64_t)left.tv_sec * 1000 + left.tv_nsec / 1000000;
+    c->pub.deadline_ms = hm_mono_ms() + left_ms;
+}
+
+static const char *metadata_value(call_impl_t *c, const char *key)
+{
+    for (size_t i = 0; i < c->md.count; i++)
+        if (slice_eq_str(c->md.metadata[i].key, key))
+            return hm_arena_strndup(&c->pub.arena,
+                                    (const char *)GRPC_SLICE_START_PTR(c->md.metadata[i].value),
+                                    GRPC_SLICE_LENGTH(c->md.metadata[i].value));
+    return NULL;
+}
+
+/* ---- encoding ---- */
+
+static grpc_byte_buffer *encode(const ProtobufCMessage *msg)
+{
+    size_t n = msg ? protobuf_c_message_get_packed_size(msg) : 0;
+    grpc_slice s = grpc_slice_malloc(n);
+    if (n)
+        protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    return bb;
+}
+
+/* Decodes a received buffer with the call's arena; NULL on a malformed message. */
+static ProtobufCMessage *decode(call_impl_t *c, grpc_byte_buffer *bb,
+                                const ProtobufCMessageDescriptor *desc)
+{
+    grpc_byte_buffer_reader reader;
+    if (!grpc_byte_buffer_reader_init(&reader, bb))
+        return NULL;
+    grpc_slice all = grpc_byte_buffer_reader_readall(&reader);
+    grpc_byte_buffer_reader_destroy(&reader);
+    ProtobufCMessage *m = protobuf_c_message_unpack(
+        desc, hm_arena_pb(&c->pub.arena), GRPC_SLICE_LENGTH(all), GRPC_SLICE_START_PTR(all));
+    grpc_slice_unref(all);
+    return m;
+}
+
+static void pack_any(hm_arena_t *a, Google__Protobuf__Any *any, const char *type,
+                     const ProtobufCMessage *msg)
+{
+    google__protobuf__any__init(any);
+    any->type_url = hm_arena_printf(a, "type.googleapis.com/%s", type);
+    any->value.len = protobuf_c_message_get_packed_size(msg);
+    any->value.data = hm_arena_alloc(a, any->value.len ? any->value.len : 1);
+    protobuf_c_message_pack(msg, any->value.data);
+}
+
+/* Trailing grpc-status-details-bin: google.rpc.Status with ErrorInfo and RequestInfo. */
+static void add_status_details(call_impl_t *c, hm_status_t st)
+{
+    hm_arena_t *a = &c->pub.arena;
+    Google__Rpc__ErrorInfo info;
+    google__rpc__error_info__init(&info);
+    info.reason = (char *)(st.reason ? st.reason : hm_code_name(st.code));
+    info.domain = ERROR_DOMAIN;
+    Google__Rpc__ErrorInfo__MetadataEntry field_entry, *entries[1];
+    if (st.field) {
+        google__rpc__error_info__metadata_entry__init(&field_entry);
+        field_entry.key = "field";
+        field_entry.value = (char *)st.field;
+        entries[0] = &field_entry;
+        info.metadata = entries;
+        info.n_metadata = 1;
+    }
+    Google__Rpc__RequestInfo req;
+    google__rpc__request_info__init(&req);
+    req.request_id = (char *)c->pub.request_id;
+
+    Google__Protobuf__Any any[2], *anys[2] = {&any[0], &any[1]};
+    pack_any(a, &any[0], "google.rpc.ErrorInfo", &info.base);
+    pack_any(a, &any[1], "google.rpc.RequestInfo", &req.base);
+
+    Google__Rpc__Status status;
+    google__rpc__status__init(&status);
+    status.code = (int32_t)st.code;
+    status.message = (char *)(st.message ? st.message : "");
+    status.details = anys;
+    status.n_details = 2;
+    size_t n = protobuf_c_message_get_packed_size(&status.base);
+    grpc_slice v = grpc_slice_malloc(n);
+    protobuf_c_message_pack(&status.base, GRPC_SLICE_START_PTR(v));
+    c->trailing_md[0].key = grpc_slice_from_static_string("grpc-status-details-bin");
+    c->trailing_md[0].value = v;
+    c->ntrailing = 1;
+}
+
+/* ---- sending ---- */
+
+static void init_metadata(call_impl_t *c)
+{
+    c->initial_md[0].key = grpc_slice_from_static_string("x-request-id");
+    c->initial_md[0].value = grpc_slice_from_static_string(c->request_id);
+}
+
+/* Starts the final batch of a unary call (or a generic one): status, optional message. */
+static void send_final(hm_worker_t *w, call_impl_t *c, hm_status_t st, grpc_byte_buffer *msg,
+                       bool recv_close)
+{
+    grpc_op ops[5];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    init_metadata(c);
+    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[n].data.send_initial_metadata.count = 1;
+    ops[n].data.send_initial_metadata.metadata = c->initial_md;
+    n++;
+    if (msg && st.code == HM_CODE_OK) {
+        c->send_bb = msg;
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = msg;
+        n++;
+    } else if (msg) {
+        grpc_byte_buffer_destroy(msg);
+    }
+    if (st.code != HM_CODE_OK) {
+        add_status_details(c, st);
+        c->status_slice =
+            grpc_slice_from_copied_string(st.message ? st.message : hm_code_name(st.code));
+    }
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = (grpc_status_code)st.code;
+    ops[n].data.send_status_from_server.status_details =
+        st.code != HM_CODE_OK ? &c->status_slice : NULL;
+    ops[n].data.send_status_from_server.trailing_metadata_count = c->ntrailing;
+    ops[n].data.send_status_from_server.trailing_metadata = c->trailing_md;
+    n++;
+    if (recv_close) {
+        ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+        ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+        n++;
+    }
+    c->code = st.code;
+    c->refs++;
+    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->done, NULL);
+    if (e != GRPC_CALL_OK) {
+        HM_ERROR("start_batch failed: %d", (int)e);
+        call_unref(w, c);
+    }
+}
+
+static void access_log(call_impl_t *c, const char *method, hm_status_t st, int64_t dur_ns)
+{
+    if (!rt.cfg->access_log)
+        return;
+    bool health = c->method >= 0 && rt.methods[c->method].builtin != BUILTIN_NONE;
+    hm_log_level_t lvl = health ? HM_LOG_DEBUG : HM_LOG_INFO;
+    if ((int)lvl < hm__log_level)
+        return;
+    char fields[512];
+    unsigned len = 0;
+    len += (unsigned)snprintf(fields, sizeof(fields), "\"method\":\"");
+    len = hm_json_escape(fields, sizeof(fields), len, method);
+    snprintf(fields + len, sizeof(fields) - len, "\",\"code\":\"%s\",\"duration_us\":%lld",
+             hm_code_name(st.code), (long long)(dur_ns / 1000));
+    hm_log_write(lvl, fields, "call");
+}
+
+/* ---- health ---- */
+
+static hm_status_t health_check(call_impl_t *c, const ProtobufCMessage *in, ProtobufCMessage **out)
+{
+    const Grpc__Health__V1__HealthCheckRequest *req = (const void *)in;
+    int st = hm__health_get(req->service ? req->service : "");
+    if (st == HM__HEALTH_SERVICE_UNKNOWN)
+        return hm_call_error(&c->pub, HM_CODE_NOT_FOUND, "NOT_FOUND", "unknown service \"%s\"",
+                             req->service);
+    Grpc__Health__V1__HealthCheckResponse *resp = hm_arena_alloc(&c->pub.arena, sizeof(*resp));
+    grpc__health__v1__health_check_response__init(resp);
+    resp->status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)st;
+    *out = &resp->base;
+    return HM_STATUS_OK;
+}
+
+static grpc_byte_buffer *health_message(int status)
+{
+    Grpc__Health__V1__HealthCheckResponse resp;
+    grpc__health__v1__health_check_response__init(&resp);
+    resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+    return encode(&resp.base);
+}
+
+/* Sends the next Watch message if the status changed, or ends the stream while draining. */
+static void watch_pump(hm_worker_t *w, call_impl_t *c)
+{
+    if (c->closed || c->send_pending || c->finishing)
+        return;
+    bool draining = atomic_load(&rt.draining);
+    int st = draining ? HM__HEALTH_NOT_SERVING : hm__health_get(c->watch_name);
+    if (st == c->last_sent && !draining)
+        return;
+    grpc_op ops[3];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    if (c->last_sent < 0) {
+        init_metadata(c);
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[n].data.send_initial_metadata.count = 1;
+        ops[n].data.send_initial_metadata.metadata = c->initial_md;
+        n++;
+    }
+    if (c->send_bb) {
+        grpc_byte_buffer_destroy(c->send_bb);
+        c->send_bb = NULL;
+    }
+    if (st != c->last_sent) {
+        c->send_bb = health_message(st);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_bb;
+        n++;
+        c->last_sent = st;
+    }
+    if (draining) {
+        c->status_slice = grpc_slice_from_static_string("server shutting down");
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = GRPC_STATUS_UNAVAILABLE;
+        ops[n].data.send_status_from_server.status_details = &c->status_slice;
+        n++;
+        c->finishing = true;
+        c->code = HM_CODE_UNAVAILABLE;
+    }
+    c->send_pending = true;
+    c->refs++;
+    if (grpc_call_start_batch(c->call, ops, n, &c->done, NULL) != GRPC_CALL_OK) {
+        c->send_pending = false;
+        c->finishing = true;
+        call_unref(w, c);
+    }
+}
+
+static void watch_unlink(hm_worker_t *w, call_impl_t *c)
+{
+    for (call_impl_t **p = &w->watches; *p; p = &(*p)->next) {
+        if (*p == c) {
+            *p = c->next;
+            c->next = NULL;
+            return;
+        }
+    }
+}
+
+static void watch_start(hm_worker_t *w, call_impl_t *c, const ProtobufCMessage *in)
+{
+    const Grpc__Health__V1__HealthCheckRequest *req = (const void *)in;
+    c->watch_name = hm_arena_strdup(&c->pub.arena, req->service ? req->service : "");
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    c->refs++;
+    if (grpc_call_start_batch(c->call, &op, 1, &c->close, NULL) != GRPC_CALL_OK) {
+        call_unref(w, c);
+        return;
+    }
+    c->next = w->watches;
+    w->watches = c;
+    watch_pump(w, c);
+}
+
+static void watch_event(hm_worker_t *w, call_impl_t *c, tag_kind_t kind)
+{
+    if (kind == TAG_CLOSE) {
+        /* The call is over: status sent, or the client went away. No more sends. */
+        c->closed = true;
+        watch_unlink(w, c);
+    } else {
+        c->send_pending = false;
+        watch_pump(w, c); /* takes its own reference when it sends */
+    }
+    call_unref(w, c);
+}
+
+/* ---- serving ---- */
+
+static void post_request(hm_worker_t *w, slot_t *s)
+{
+    if (!atomic_load(&rt.accepting) || s->posted)
+        return;
+    grpc_metadata_array_init(&s->md);
+    s->call = NULL;
+    s->payload = NULL;
+    grpc_call_error e = grpc_server_request_registered_call(rt.server, rt.methods[s->method].handle,
+                                                            &s->call, &s->deadline, &s->md,
+                                                            &s->payload, w->cq, w->cq, &s->tag);
+    if (e != GRPC_CALL_OK) {
+        grpc_metadata_array_destroy(&s->md);
+        HM_ERROR("request_registered_call failed: %d", (int)e);
+        return;
+    }
+    s->posted = true;
+}
+
+static void post_generic(hm_worker_t *w)
+{
+    generic_slot_t *g = &w->generic;
+    if (!atomic_load(&rt.accepting) || g->posted)
+        return;
+    grpc_call_details_init(&g->details);
+    grpc_metadata_array_init(&g->md);
+    g->call = NULL;
+    if (grpc_server_request_call(rt.server, &g->call, &g->details, &g->md, w->cq, w->cq, &g->tag) !=
+        GRPC_CALL_OK) {
+        grpc_call_details_destroy(&g->details);
+        grpc_metadata_array_destroy(&g->md);
+        return;
+    }
+    g->posted = true;
+}
+
+static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
+{
+    s->posted = false;
+    if (!ok || !s->call) {
+        /* Shutdown: the request was never matched. */
+        grpc_metadata_array_destroy(&s->md);
+        if (s->payload)
+            grpc_byte_buffer_destroy(s->payload);
+        s->payload = NULL;
+        return;
+    }
+    const rt_method_t *m = &rt.methods[s->method];
+    call_impl_t *c = call_new(w, s->method);
+    c->call = s->call;
+    c->md = s->md; /* the slot's array is re-initialised when re-posted */
+    grpc_byte_buffer *payload = s->payload;
+    s->call = NULL;
+    s->payload = NULL;
+    set_deadline(c, s->deadline);
+    set_request_id(w, c);
+    c->pub.traceparent = metadata_value(c, "traceparent");
+
+    hm_log_ctx_t lctx = {c->pub.request_id, NULL, NULL};
+    hm_log_set_ctx(&lctx);
+
+    const ProtobufCMessageDescriptor *req_desc =
+        m->builtin ? &grpc__health__v1__health_check_request__descriptor : m->m->request;
+    hm_status_t st = HM_STATUS_OK;
+    ProtobufCMessage *req = NULL, *resp = NULL;
+    if (!payload) {
+        st = (hm_status_t){HM_CODE_INVALID_ARGUMENT, "MALFORMED_REQUEST", "request message missing",
+                           NULL};
+    } else {
+        req = decode(c, payload, req_desc);
+        grpc_byte_buffer_destroy(payload);
+        if (!req)
+            st = (hm_status_t){HM_CODE_INVALID_ARGUMENT, "MALFORMED_REQUEST",
+                               "request message could not be decoded", NULL};
+    }
+
+    if (hm_status_ok(st) && m->builtin == BUILTIN_HEALTH_WATCH) {
+        hm_log_set_ctx(NULL);
+        watch_start(w, c, req);
+        post_request(w, s);
+        return;
+    }
+    if (hm_status_ok(st) && hm_call_remaining_ms(&c->pub) <= 0)
+        st = (hm_status_t){HM_CODE_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
+                           "deadline expired before the call was served", NULL};
+    if (hm_status_ok(st)) {
+        if (m->builtin == BUILTIN_HEALTH_CHECK) {
+            st = health_check(c, req, &resp);
+        } else {
+            if (w->db)
+                hm_db_set_deadline(
+                    w->db, c->pub.deadline_ms == INT64_MAX ? -1 : hm_call_remaining_ms(&c->pub));
+            st = m->m->handler(&c->pub, req, &resp);
+            if (w->db)
+                hm_db_end_call(w->db);
+            if (st.code == HM_CODE_OK && resp && resp->descriptor != m->m->response) {
+                HM_ERROR("handler of %s returned a %s, not a %s", m->name, resp->descriptor->name,
+                         m->m->response->name);
+                st = hm_status_from_err(HM_EINTERNAL);
+            }
+        }
+    }
+    if ((unsigned)st.code >= HM_CODE_COUNT)
+        st = hm_status_from_err(HM_EINTERNAL);
+    grpc_byte_buffer *out = NULL;
+    if (hm_status_ok(st)) {
+        if (resp) {
+            out = encode(resp);
+        } else {
+            out = encode(NULL);
+        }
+    }
+    int64_t dur = hm_mono_ns() - c->pub.start_ns;
+    count_call(w, s->method, st.code, dur);
+    access_log(c, m->name, st, dur);
+    hm_log_set_ctx(NULL);
+    send_final(w, c, st, out, true);
+    post_request(w, s);
+}
+
+static void serve_generic(hm_worker_t *w, bool ok)
+{
+    generic_slot_t *g = &w->generic;
+    g->posted = false;
+    if (!ok || !g->call) {
+        grpc_call_details_destroy(&g->details);
+        grpc_metadata_array_destroy(&g->md);
+        return;
+    }
+    call_impl_t *c = call_new(w, -1);
+    c->call = g->call;
+    c->md = g->md;
+    g->call = NULL;
+    set_request_id(w, c);
+    char *method =
+        hm_arena_strndup(&c->pub.arena, (const char *)GRPC_SLICE_START_PTR(g->details.method),
+                         GRPC_SLICE_LENGTH(g->details.method));
+    grpc_call_details_destroy(&g->details);
+    hm_status_t st =
+        hm_call_error(&c->pub, HM_CODE_UNIMPLEMENTED, "UNIMPLEMENTED", "unknown method %s", method);
+    count_call(w, -1, st.code, 0);
+    hm_log_ctx_t lctx = {c->pub.request_id, NULL, NULL};
+    hm_log_set_ctx(&lctx);
+    access_log(c, method, st, hm_mono_ns() - c->pub.start_ns);
+    hm_log_set_ctx(NULL);
+
+    /* Read (and discard) the request message so the stream closes cleanly. */
+    grpc_op ops[1];
+    memset(ops, 0, sizeof(ops));
+    ops[0].op = GRPC_OP_RECV_MESSAGE;
+    ops[0].data.recv_message.recv_message = &c->recv_bb;
+    c->refs++;
+    if (grpc_call_start_batch(c->call, ops, 1, &c->close, NULL) != GRPC_CALL_OK)
+        c->refs--;
+    send_final(w, c, st, NULL, true);
+    post_generic(w);
+}
+
+static void housekeeping(hm_worker_t *w)
+{
+    unsigned gen = hm__health_generation();
+    if (gen != w->health_gen || atomic_load(&rt.draining)) {
+        w->health_gen = gen;
+        for (call_impl_t *c = w->watches, *next; c; c = next) {
+            next = c->next;
+            watch_pump(w, c);
+        }
+    }
+    if (atomic_load(&rt.stopping) && w->live == 0 && !w->cq_shut) {
+        w->cq_shut = true;
+        grpc_completion_queue_shutdown(w->cq);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    hm_worker_t *w = arg;
+    for (int i = 0; i < rt.nmethods; i++)
+        post_request(w, &w->slots[i]);
+    post_generic(w);
+    for (;;) {
+        gpr_timespec tick = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                         gpr_time_from_millis(HOUSEKEEPING_MS, GPR_TIMESPAN));
+        grpc_event ev = grpc_completion_queue_next(w->cq, tick, NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (ev.type == GRPC_OP_COMPLETE) {
+            tag_t *t = ev.tag;
+            switch (t->kind) {
+            case TAG_REQUEST:
+                serve_registered(w, container_of(t, slot_t, tag), ev.success);
+                break;
+            case TAG_GENERIC:
+                serve_generic(w, ev.success);
+                break;
+            case TAG_DONE: {
+                call_impl_t *c = container_of(t, call_impl_t, done);
+                if (c->watch_name)
+                    watch_event(w, c, TAG_DONE);
+                else
+                    call_unref(w, c);
+                break;
+            }
+            case TAG_CLOSE: {
+                call_impl_t *c = container_of(t, call_impl_t, close);
+                if (c->watch_name)
+                    watch_event(w, c, TAG_CLOSE);
+                else
+                    call_unref(w, c);
+                break;
+            }
+            }
+        }
+        housekeeping(w);
+    }
+    /* Free recycled calls and the slots' leftovers. */
+    while (w->free_calls) {
+        call_impl_t *c = w->free_calls;
+        w->free_calls = c->next;
+        hm_arena_deinit(&c->pub.arena);
+        free(c);
+    }
+    return NULL;
+}
+
+/* ---- start and stop ---- */
+
+static void add_method(int *n, const char *name, const hm_method_t *m, builtin_t b)
+{
+    rt_method_t *r = &rt.methods[(*n)++];
+    r->name = name;
+    r->m = m;
+    r->builtin = b;
+    r->handle = grpc_server_register_method(rt.server, name, NULL,
+                                            GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+}
+
+int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
+{
+    const hm_daemon_t *d = o->daemon;
+    rt.daemon = d;
+    rt.cfg = o->cfg;
+    rt.crypto = o->crypto;
+    rt.app = o->app;
+    atomic_store(&rt.accepting, 1);
+
+    grpc_arg args[2];
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = (int)o->cfg->max_message_bytes;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[1].value.integer = (int)o->cfg->max_message_bytes;
+    grpc_channel_args cargs = {2, args};
+    rt.server = grpc_server_create(&cargs, NULL);
+
+    size_t total = 2;
+    for (size_t i = 0; i < d->nservices; i++)
+        total += d->services[i]->nmethods;
+    rt.methods = hm_xcalloc(total, sizeof(*rt.methods));
+    int n = 0;
+    add_method(&n, HEALTH_CHECK, NULL, BUILTIN_HEALTH_CHECK);
+    add_method(&n, HEALTH_WATCH, NULL, BUILTIN_HEALTH_WATCH);
+    for (size_t i = 0; i < d->nservices; i++)
+        for (size_t k = 0; k < d->services[i]->nmethods; k++)
+            add_method(&n, d->services[i]->methods[k].name, &d->services[i]->methods[k],
+                       BUILTIN_NONE);
+    rt.nmethods = n;
+
+    rt.nworkers = (int)o->cfg->workers;
+    rt.workers = hm_xcalloc((size_t)rt.nworkers, sizeof(*rt.workers));
+    for (int i = 0; i < rt.nworkers; i++) {
+        hm_worker_t *w = &rt.workers[i];
+        w->id = i;
+        w->cq = grpc_completion_queue_create_for_next(NULL);
+        grpc_server_register_completion_queue(rt.server, w->cq, NULL);
+        w->slots = hm_xcalloc((size_t)rt.nmethods, sizeof(*w->slots));
+        for (int k = 0; k < rt.nmethods; k++) {
+            w->slots[k].tag.kind = TAG_REQUEST;
+            w->slots[k].method = k;
+        }
+        w->generic.tag.kind = TAG_GENERIC;
+        w->counts = hm_xcalloc((size_t)rt.nmethods + 1, sizeof(*w->counts));
+        w->latency = hm_xcalloc((size_t)rt.nmethods, sizeof(*w->latency));
+        w->latency_sum_us = hm_xcalloc((size_t)rt.nmethods, sizeof(*w->latency_sum_us));
+        hm_random_bytes(&w->rng, sizeof(w->rng));
+        if (o->cfg->database_url && *o->cfg->database_url)
+            w->db = hm_db_create(o->cfg->database_url, o->cfg->statement_timeout_ms);
+        w->cache = hm_cache_create(o->cfg->redis_addr, o->cfg->redis_timeout_ms);
+    }
+    rt.shutdown_cq = grpc_completion_queue_create_for_pluck(NULL);
+
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int port = grpc_server_add_http2_port(rt.server, o->cfg->grpc_addr, creds);
+    grpc_server_credentials_release(creds);
+    if (port <= 0) {
+        snprintf(err, errlen, "HM_GRPC_ADDR: cannot listen on %s", o->cfg->grpc_addr);
+        return HM_EIO;
+    }
+    grpc_server_start(rt.server);
+    for (int i = 0; i < rt.nworkers; i++)
+        pthread_create(&rt.workers[i].thread, NULL, worker_main, &rt.workers[i]);
+    HM_INFO("serving gRPC on %s with %d workers, %d methods", o->cfg->grpc_addr, rt.nworkers,
+            rt.nmethods);
+    return 0;
+}
+
+void hm__server_drain(void)
+{
+    atomic_store(&rt.draining, 1);
+}
+
+void hm__server_stop(int64_t grace_ms)
+{
+    static tag_t shutdown_tag = {TAG_DONE};
+    atomic_store(&rt.draining, 1);
+    atomic_store(&rt.accepting, 0);
+    grpc_server_shutdown_and_notify(rt.server, rt.shutdown_cq, &shutdown_tag);
+    gpr_timespec until =
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(grace_ms, GPR_TIMESPAN));
+    grpc_event ev = grpc_completion_queue_pluck(rt.shutdown_cq, &shutdown_tag, until, NULL);
+    if (ev.type != GRPC_OP_COMPLETE) {
+        HM_WARN("grace period of %lld ms over with %ld calls in flight: cancelling them",
+                (long long)grace_ms, hm__server_inflight());
+        grpc_server_cancel_all_calls(rt.server);
+        grpc_completion_queue_pluck(rt.shutdown_cq, &shutdown_tag,
+                                    gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    }
+    atomic_store(&rt.stopping, 1);
+    for (int i = 0; i < rt.nworkers; i++)
+        pthread_join(rt.workers[i].thread, NULL);
+    grpc_server_destroy(rt.server);
+    rt.server = NULL;
+    grpc_completion_queue_shutdown(rt.shutdown_cq);
+    grpc_completion_queue_destroy(rt.shutdown_cq);
+    for (int i = 0; i < rt.nworkers; i++) {
+        hm_worker_t *w = &rt.workers[i];
+        grpc_completion_queue_destroy(w->cq);
+        if (w->db)
+            hm_db_destroy(w->db);
+        if (w->cache)
+            hm_cache_destroy(w->cache);
+        free(w->slots);
+        free(w->counts);
+        free(w->latency);
+        free(w->latency_sum_us);
+    }
+    free(rt.workers);
+    rt.workers = NULL;
+    free(rt.methods);
+    rt.methods = NULL;
+}
