@@ -50,6 +50,9 @@ static void usage(FILE *out, const hm_daemon_t *d)
             "environment:\n\n",
             d->name, HM_VERSION, d->description ? d->description : "", d->name);
     hm_config_help(out, hm_common_config_vars, hm_common_config_nvars);
+    fprintf(out, "\n%s listens on %s (gRPC) and %s (admin) unless told otherwise.\n", d->name,
+            d->default_grpc_addr ? d->default_grpc_addr : "HM_GRPC_ADDR's default",
+            d->default_admin_addr ? d->default_admin_addr : "HM_ADMIN_ADDR's default");
     if (d->nconfig_vars) {
         fprintf(out, "\n%s:\n", d->name);
         hm_config_help(out, d->config_vars, d->nconfig_vars);
