@@ -138,8 +138,12 @@ bool hm_cache_available(const hm_cache_t *c)
 }
 
 /* Counts a transport failure, frees the context and starts (or lengthens) the backoff. */
-static void fail(hm_cache_t *c, const char *what, const char *why)
+static void fail(hm_cache_t *c, const char *what, const char *why_in)
 {
+    char why[128];
+
+    /* why_in may be the context's errstr, which drop_ctx() frees. */
+    snprintf(why, sizeof why, "%s", why_in);
     STAT_INC(c, errors);
     drop_ctx(c);
     c->backoff_ms = c->backoff_ms == 0 ? CACHE_BACKOFF_MIN_MS : c->backoff_ms * 2;
@@ -190,7 +194,7 @@ static redisContext *get_ctx(hm_cache_t *c)
     if (c->had_connection || c->failures > 0)
         STAT_INC(c, reconnects);
     if (c->failures > 0)
-        HM_INFO("redis: connected again after %u failures", c->failures);
+        HM_INFO("redis: reconnected after %u failure(s)", c->failures);
     c->had_connection = true;
     return ctx;
 }

@@ -149,15 +149,23 @@ static void clear_err(hm_db_t *db)
     db->message[0] = '\0';
 }
 
-/* Copies a message without its trailing newlines. */
+/* Copies a message on one line: libpq's multi-line texts joined, trailing space dropped. */
 static void set_message(hm_db_t *db, const char *msg)
 {
-    size_t n;
+    size_t n = 0;
+    bool space = false;
 
-    snprintf(db->message, sizeof db->message, "%s", msg != NULL ? msg : "");
-    n = strlen(db->message);
-    while (n > 0 && (db->message[n - 1] == '\n' || db->message[n - 1] == ' '))
-        db->message[--n] = '\0';
+    for (const char *p = msg != NULL ? msg : ""; *p != '\0' && n + 1 < sizeof db->message; p++) {
+        if (*p == '\n' || *p == '\t' || *p == '\r' || *p == ' ') {
+            space = n > 0;
+            continue;
+        }
+        if (space && n + 2 < sizeof db->message)
+            db->message[n++] = ' ';
+        space = false;
+        db->message[n++] = *p;
+    }
+    db->message[n] = '\0';
 }
 
 int hm_db_map_sqlstate(const char *s)
@@ -174,6 +182,9 @@ int hm_db_map_sqlstate(const char *s)
         return HM_ERETRY;
     if (strcmp(s, "57014") == 0)
         return HM_ETIMEDOUT;
+    /* 08P01 also reports a wrong parameter count: our bug, and the connection is fine. */
+    if (strcmp(s, "08P01") == 0)
+        return HM_EINTERNAL;
     if (strncmp(s, "08", 2) == 0 || strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 ||
         strcmp(s, "57P03") == 0 || strncmp(s, "53", 2) == 0)
         return HM_EUNAVAIL;
@@ -315,8 +326,10 @@ static int db_connect(hm_db_t *db)
     if (db->ever_connected)
         STAT_INC(db, reconnects);
     atomic_store_explicit(&db->st.connected, 1, memory_order_relaxed);
-    if (db->failed_attempts > 0 || db->ever_connected)
-        HM_INFO("postgres: connected (after %u failed attempts)", db->failed_attempts);
+    if (db->failed_attempts > 0)
+        HM_INFO("postgres: connected after %u failed attempts", db->failed_attempts);
+    else if (db->ever_connected)
+        HM_INFO("postgres: reconnected");
     db->ever_connected = true;
     db->failed_attempts = 0;
     return 0;
@@ -367,6 +380,9 @@ static int begin_call(hm_db_t *db)
     if (rc != 0)
         return rc;
 
+    now = now_ms(); /* connecting may have taken a while */
+    if (db->deadline_ms >= 0 && now >= db->deadline_ms)
+        return fail_fast(db, HM_ETIMEDOUT, "deadline exceeded");
     want = wanted_timeout(db, now);
     if (timeout_close_enough(db->session_timeout_ms, want))
         return 0;
@@ -419,7 +435,9 @@ hm_db_t *hm_db_create(const char *conninfo, int64_t statement_timeout_ms)
     PQconninfoOption *opts;
     hm_db_t *db;
 
-    opts = PQconninfoParse(conninfo != NULL ? conninfo : "", &perr);
+    if (conninfo == NULL)
+        conninfo = ""; /* libpq's defaults (PGHOST, ...) */
+    opts = PQconninfoParse(conninfo, &perr);
     if (opts == NULL) {
         /* perr may quote part of the string, password included: not logged. */
         PQfreemem(perr);

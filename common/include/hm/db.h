@@ -61,10 +61,11 @@ typedef struct hm_db_stats {
 } hm_db_stats_t;
 
 /*
- * Creates a handle for `conninfo` (a libpq keyword string or URI; copied) without
- * connecting. `statement_timeout_ms` is the ceiling for every statement (<= 0: none). A
- * connect_timeout of 3 s applies unless conninfo sets one. Returns NULL, with a log line that
- * does not echo the string (it may hold a password), when conninfo does not parse.
+ * Creates a handle for `conninfo` (a libpq keyword string or URI, copied; NULL or "" means
+ * libpq's defaults from PGHOST and friends) without connecting. `statement_timeout_ms` is the
+ * ceiling for every statement (<= 0: none). A connect_timeout of 3 s applies unless conninfo
+ * sets one. Returns NULL, with a log line that does not echo the string (it may hold a
+ * password), when conninfo does not parse.
  */
 hm_db_t *hm_db_create(const char *conninfo, int64_t statement_timeout_ms);
 

@@ -1,0 +1,1 @@
+SELECT 1; -- fixture for tests/unit/common/meson.build: a malformed migration set

@@ -1,0 +1,2 @@
+DROP INDEX items_price_idx;
+ALTER TABLE items DROP COLUMN price_cents;
