@@ -42,12 +42,14 @@ enum {
 /*
  * Who may call a method. `open` methods need no credentials (health). Otherwise the caller's
  * roles must intersect `roles`; with `self_field` set, a guest caller may only name itself in
- * that request field (e.g. "guest_id"). Enforced by the auth layer (common library issue).
+ * that request field (e.g. "guest_id"); with `venue_field` set, a staff caller may only name
+ * one of its venues there. Field names are top-level request fields (string type).
  */
 typedef struct hm_policy {
-    bool open;
-    unsigned roles;
-    const char *self_field;
+    bool open;               /* no credentials needed */
+    unsigned roles;          /* HM_ROLE_* allowed; admin and service are always allowed */
+    const char *self_field;  /* request field a guest caller must fill with its own subject */
+    const char *venue_field; /* request field a staff caller must fill with one of its venues */
 } hm_policy_t;
 
 /* The handler of one RPC: decode and encode are done by the runtime. `req` is the decoded
