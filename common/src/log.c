@@ -238,8 +238,17 @@ static void format_ts(char *buf, size_t cap)
 
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    /* strftime bounds every field by construction; only the milliseconds are added by hand. */
+    size_t n = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
+    unsigned ms = (unsigned)(ts.tv_nsec / 1000000) % 1000u;
+    if (n + 6 <= cap) {
+        buf[n++] = '.';
+        buf[n++] = (char)('0' + ms / 100);
+        buf[n++] = (char)('0' + ms / 10 % 10);
+        buf[n++] = (char)('0' + ms % 10);
+        buf[n++] = 'Z';
+        buf[n] = '\0';
+    }
 }
 
 /* One write(2); a short write (rare, signals or a full pipe) is completed rather than lost. */
