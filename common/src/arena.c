@@ -141,6 +141,8 @@ void hm_arena_deinit(hm_arena_t *a)
 
 void *hm_arena_alloc(hm_arena_t *a, size_t n)
 {
+    if (n > SIZE_MAX / 2)
+        oom(n); /* no request is that large: a size computation overflowed */
     size_t need = (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
     if (need == 0)
         need = ARENA_ALIGN;

@@ -89,14 +89,12 @@ static grpc_channel *channel_for(hm_client_t *c, const char *target)
     return e->channel;
 }
 
-static grpc_byte_buffer *encode(const ProtobufCMessage *msg)
+static grpc_slice encode(const ProtobufCMessage *msg)
 {
     size_t n = protobuf_c_message_get_packed_size(msg);
     grpc_slice s = grpc_slice_malloc(n);
     protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    return bb;
+    return s;
 }
 
 static ProtobufCMessage *decode(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
@@ -144,8 +142,12 @@ static void sleep_ms(int64_t ms)
     nanosleep(&ts, NULL);
 }
 
-/* One attempt. Returns the status; *resp set on OK. */
-static hm_status_t attempt(grpc_channel *ch, const char *method, grpc_byte_buffer *send,
+/*
+ * One attempt. Returns the status; *resp set on OK. A fresh byte buffer per attempt: sending
+ * moves the slices out of the buffer, so a reused one would be empty on the retry. The method
+ * slice is copied: the transport may keep :path values beyond the call.
+ */
+static hm_status_t attempt(grpc_channel *ch, const char *method, grpc_slice payload,
                            const ProtobufCMessageDescriptor *resp_desc, hm_arena_t *arena,
                            grpc_metadata *md, size_t nmd, int64_t deadline_mono_ms,
                            ProtobufCMessage **resp)
@@ -154,7 +156,8 @@ static hm_status_t attempt(grpc_channel *ch, const char *method, grpc_byte_buffe
     int64_t left = deadline_mono_ms - hm_mono_ms();
     gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                                          gpr_time_from_millis(left > 0 ? left : 0, GPR_TIMESPAN));
-    grpc_slice method_slice = grpc_slice_from_static_string(method);
+    grpc_slice method_slice = grpc_slice_from_copied_string(method);
+    grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&payload, 1);
     grpc_call *call = grpc_channel_create_call(ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, method_slice,
                                                NULL, deadline, NULL);
     grpc_metadata_array initial, trailing;
@@ -202,6 +205,8 @@ static hm_status_t attempt(grpc_channel *ch, const char *method, grpc_byte_buffe
     }
     if (recv)
         grpc_byte_buffer_destroy(recv);
+    grpc_byte_buffer_destroy(send);
+    grpc_slice_unref(method_slice);
     grpc_slice_unref(details);
     grpc_metadata_array_destroy(&initial);
     grpc_metadata_array_destroy(&trailing);
@@ -236,17 +241,19 @@ hm_status_t hm_client_unary(hm_client_t *client, const char *target, const char 
         md[nmd].key = grpc_slice_from_static_string("x-request-id");
         md[nmd++].value = grpc_slice_from_static_string(opts->parent->request_id);
     }
-    for (const char *const *kv = opts->metadata; kv && kv[0] && kv[1] && nmd < MAX_METADATA;
-         kv += 2) {
+    for (const char *const *kv = opts->metadata; kv && kv[0] && kv[1]; kv += 2) {
+        if (nmd == MAX_METADATA)
+            return (hm_status_t){HM_CODE_INTERNAL, "INTERNAL",
+                                 "client call with too many metadata entries", NULL};
         md[nmd].key = grpc_slice_from_static_string(kv[0]);
         md[nmd++].value = grpc_slice_from_static_string(kv[1]);
     }
 
     grpc_channel *ch = channel_for(client, target);
-    grpc_byte_buffer *send = encode(req);
+    grpc_slice payload = encode(req);
     hm_status_t st = HM_STATUS_OK;
     for (int i = 0; i < attempts; i++) {
-        st = attempt(ch, method, send, resp_desc, arena, md, nmd, deadline, resp);
+        st = attempt(ch, method, payload, resp_desc, arena, md, nmd, deadline, resp);
         if (st.code != HM_CODE_UNAVAILABLE || i + 1 == attempts)
             break;
         /* Full jitter: sleep a random time up to the exponential bound. */
@@ -262,6 +269,6 @@ hm_status_t hm_client_unary(hm_client_t *client, const char *target, const char 
                  (long long)wait);
         sleep_ms(wait);
     }
-    grpc_byte_buffer_destroy(send);
+    grpc_slice_unref(payload);
     return st;
 }

@@ -153,6 +153,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
     if (hm__server_start(&opts, err, sizeof(err)) != 0) {
         HM_ERROR("%s", err);
         hm__admin_stop();
+        hm__server_release();
         goto out_grpc;
     }
 
@@ -183,6 +184,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
     if (d->fini)
         d->fini(app);
     hm__admin_stop();
+    hm__server_release();
     HM_INFO("stopped cleanly");
     status = 0;
 out_grpc:

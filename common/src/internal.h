@@ -44,6 +44,9 @@ void hm__server_drain(void);
  * workers and frees the server. */
 void hm__server_stop(int64_t grace_ms);
 
+/* Frees what the metrics read; call after the admin port has stopped. */
+void hm__server_release(void);
+
 /* Metrics, rendered in Prometheus text format into `out` (admin.c calls this). */
 void hm__server_metrics(FILE *out);
 /* Calls currently being served (all workers). */

@@ -6,7 +6,9 @@
  *   owns each call it receives from start to end, so no call state is shared between threads.
  * - Each worker keeps exactly one request posted per registered method, re-posted only after
  *   the handler returns: a busy worker then has nothing posted and new calls bind to idle
- *   workers instead of queueing behind it (pitfall 3).
+ *   workers instead of queueing behind it (pitfall 3). While draining, each worker posts
+ *   DRAIN_POSTS per method, so calls the core holds are matched (and served) rather than
+ *   cancelled by the shutdown.
  * - Each worker also keeps one generic request posted that answers UNIMPLEMENTED at once for
  *   methods nobody registered (pitfall 2).
  * - A unary call is answered with one batch: initial metadata (x-request-id), message, status
@@ -14,7 +16,8 @@
  *   RECV_CLOSE posted separately and send a message whenever the status changes.
  * - Tags are pointers to tag_t embedded in the owning struct; a call is freed only when its
  *   outstanding batches reach zero, and a worker shuts its queue down only when it has no
- *   live calls (pitfall 1).
+ *   live calls (pitfall 1). Calls are counted and access-logged when they end, with the code
+ *   the client saw (CANCELLED / DEADLINE_EXCEEDED when the call was cancelled).
  */
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -46,6 +49,12 @@
 #define HEALTH_CHECK    "/grpc.health.v1.Health/Check"
 #define HEALTH_WATCH    "/grpc.health.v1.Health/Watch"
 #define LATENCY_BUCKETS 14
+#define DRAIN_POSTS     16   /* requests posted per method per worker while draining */
+#define MAX_WATCHES     1024 /* concurrent health Watch streams per process */
+#define MAX_FREE_CALLS  64   /* recycled call objects kept per worker */
+#define MAX_STREAMS     1024 /* HTTP/2 concurrent streams per connection */
+#define MAX_ECHO        200  /* longest client string echoed in an error message */
+#define TOPUP_WAIT_MS   1000 /* longest wait for workers to post their drain requests */
 
 static const double latency_bounds[LATENCY_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
@@ -77,6 +86,7 @@ typedef struct rt_method {
 typedef struct slot {
     tag_t tag;
     int method;      /* index into rt.methods */
+    int rank;        /* 0: always posted; > 0: posted only while draining */
     bool posted;     /* a request is outstanding on the worker's queue */
     grpc_call *call; /* filled by the core on completion */
     gpr_timespec deadline;
@@ -103,13 +113,13 @@ typedef struct call_impl {
     int method;             /* index into rt.methods; -1 for unknown methods */
     int cancelled;          /* set by RECV_CLOSE_ON_SERVER */
     hm_code_t code;         /* status sent (metrics, access log) */
+    const char *log_method; /* method name for the access log (static or arena) */
     /* Send state: everything a batch refers to lives here until the batch completes. */
     grpc_metadata initial_md[1];
     grpc_metadata trailing_md[1];
     size_t ntrailing;
     grpc_slice status_slice;
     grpc_byte_buffer *send_bb;
-    grpc_byte_buffer *recv_bb; /* generic calls: the unread message, discarded */
     /* Watch streams only. */
     const char *watch_name; /* health name watched (arena) */
     int last_sent;          /* last status sent, -1 before the first */
@@ -126,12 +136,14 @@ struct hm_worker {
     grpc_completion_queue *cq;
     hm_db_t *db;
     hm_cache_t *cache;
-    slot_t *slots; /* one per registered method */
+    slot_t *slots; /* [method * DRAIN_POSTS + rank] */
     generic_slot_t generic;
     int live; /* calls taken from the core and not yet freed */
     call_impl_t *free_calls;
+    int nfree;            /* length of free_calls, at most MAX_FREE_CALLS */
     call_impl_t *watches; /* live Watch streams */
     bool cq_shut;
+    bool topped_up;      /* drain: every slot has been posted */
     unsigned health_gen; /* last health generation pushed to Watch streams */
     uint64_t rng;        /* request-id generator state */
     /* Metrics, written by this worker only (relaxed atomics so the admin thread may read). */
@@ -152,10 +164,14 @@ static struct runtime {
     int nmethods;
     hm_worker_t *workers;
     int nworkers;
-    atomic_int accepting; /* requests may be (re)posted */
-    atomic_int draining;  /* end Watch streams */
-    atomic_int stopping;  /* server shut down: workers exit once idle */
-} rt;
+    hm_worker_t *published;     /* rt.workers once complete (release/acquire): metrics read it */
+    pthread_rwlock_t post_lock; /* read: check `accepting` + post; write: stop accepting */
+    atomic_int accepting;       /* requests may be (re)posted; guarded by post_lock */
+    atomic_int draining;        /* health NOT_SERVING, Watch streams end, drain posts */
+    atomic_int stopping;        /* server shut down: workers exit once idle */
+    atomic_int topped_up;       /* workers that posted all their slots for the drain */
+    atomic_int watches;         /* live Watch streams, all workers */
+} rt = {.post_lock = PTHREAD_RWLOCK_INITIALIZER};
 
 /* ---- time and randomness ---- */
 
@@ -232,6 +248,15 @@ const char *hm_call_metadata(hm_call_t *pub, const char *key, size_t *len)
     return NULL;
 }
 
+const char *hm_call_peer(hm_call_t *pub)
+{
+    call_impl_t *c = (call_impl_t *)pub;
+    char *p = grpc_call_get_peer(c->call);
+    const char *copy = hm_arena_strdup(&pub->arena, p ? p : "");
+    gpr_free(p);
+    return copy;
+}
+
 hm_status_t hm_call_error(hm_call_t *call, hm_code_t code, const char *reason, const char *fmt, ...)
 {
     va_list ap;
@@ -261,11 +286,12 @@ hm_status_t hm_call_fail(hm_call_t *call, int err, const char *what)
 
 /* ---- metrics ---- */
 
+/* Counts a finished call; dur_ns < 0 keeps it out of the latency histogram (streams). */
 static void count_call(hm_worker_t *w, int method, hm_code_t code, int64_t dur_ns)
 {
     int row = method < 0 ? rt.nmethods : method;
     __atomic_fetch_add(&w->counts[row][code], 1, __ATOMIC_RELAXED);
-    if (method < 0)
+    if (method < 0 || dur_ns < 0)
         return;
     double secs = (double)dur_ns / 1e9;
     int b = 0;
@@ -275,17 +301,25 @@ static void count_call(hm_worker_t *w, int method, hm_code_t code, int64_t dur_n
     __atomic_fetch_add(&w->latency_sum_us[method], (uint64_t)(dur_ns / 1000), __ATOMIC_RELAXED);
 }
 
+static hm_worker_t *published_workers(void)
+{
+    return __atomic_load_n(&rt.published, __ATOMIC_ACQUIRE);
+}
+
 long hm__server_inflight(void)
 {
+    hm_worker_t *ws = published_workers();
     long n = 0;
-    for (int i = 0; i < rt.nworkers; i++)
-        n += __atomic_load_n(&rt.workers[i].inflight, __ATOMIC_RELAXED);
+    for (int i = 0; ws && i < rt.nworkers; i++)
+        n += __atomic_load_n(&ws[i].inflight, __ATOMIC_RELAXED);
     return n;
 }
 
 void hm__server_metrics(FILE *out)
 {
-    if (!rt.workers)
+    /* Published only once complete; freed only after the admin port has stopped. */
+    hm_worker_t *ws = published_workers();
+    if (!ws)
         return;
     fprintf(out, "# HELP hm_grpc_requests_total gRPC calls served, by method and status code.\n"
                  "# TYPE hm_grpc_requests_total counter\n");
@@ -294,25 +328,25 @@ void hm__server_metrics(FILE *out)
         for (int code = 0; code < HM_CODE_COUNT; code++) {
             uint64_t n = 0;
             for (int i = 0; i < rt.nworkers; i++)
-                n += __atomic_load_n(&rt.workers[i].counts[m][code], __ATOMIC_RELAXED);
+                n += __atomic_load_n(&ws[i].counts[m][code], __ATOMIC_RELAXED);
             if (n)
                 fprintf(out, "hm_grpc_requests_total{method=\"%s\",code=\"%s\"} %llu\n", name,
                         hm_code_name((hm_code_t)code), (unsigned long long)n);
         }
     }
-    fprintf(out, "# HELP hm_grpc_request_duration_seconds Time from call start to status.\n"
+    fprintf(out, "# HELP hm_grpc_request_duration_seconds Unary calls: start to status sent.\n"
                  "# TYPE hm_grpc_request_duration_seconds histogram\n");
     for (int m = 0; m < rt.nmethods; m++) {
-        uint64_t cum = 0, sum_us = 0;
+        uint64_t total = 0, sum_us = 0;
         uint64_t b[LATENCY_BUCKETS + 1] = {0};
         for (int i = 0; i < rt.nworkers; i++) {
             for (int k = 0; k <= LATENCY_BUCKETS; k++)
-                b[k] += __atomic_load_n(&rt.workers[i].latency[m][k], __ATOMIC_RELAXED);
-            sum_us += __atomic_load_n(&rt.workers[i].latency_sum_us[m], __ATOMIC_RELAXED);
+                b[k] += __atomic_load_n(&ws[i].latency[m][k], __ATOMIC_RELAXED);
+            sum_us += __atomic_load_n(&ws[i].latency_sum_us[m], __ATOMIC_RELAXED);
         }
         for (int k = 0; k <= LATENCY_BUCKETS; k++)
-            cum += b[k];
-        if (cum == 0)
+            total += b[k];
+        if (total == 0)
             continue;
         uint64_t run = 0;
         for (int k = 0; k < LATENCY_BUCKETS; k++) {
@@ -324,22 +358,45 @@ void hm__server_metrics(FILE *out)
                 "hm_grpc_request_duration_seconds_bucket{method=\"%s\",le=\"+Inf\"} %llu\n"
                 "hm_grpc_request_duration_seconds_sum{method=\"%s\"} %.6f\n"
                 "hm_grpc_request_duration_seconds_count{method=\"%s\"} %llu\n",
-                rt.methods[m].name, (unsigned long long)cum, rt.methods[m].name,
-                (double)sum_us / 1e6, rt.methods[m].name, (unsigned long long)cum);
+                rt.methods[m].name, (unsigned long long)total, rt.methods[m].name,
+                (double)sum_us / 1e6, rt.methods[m].name, (unsigned long long)total);
     }
     fprintf(out,
             "# HELP hm_grpc_inflight_calls Calls being served now.\n"
-            "# TYPE hm_grpc_inflight_calls gauge\nhm_grpc_inflight_calls %ld\n",
-            hm__server_inflight());
+            "# TYPE hm_grpc_inflight_calls gauge\nhm_grpc_inflight_calls %ld\n"
+            "# HELP hm_grpc_watch_streams Open health Watch streams.\n"
+            "# TYPE hm_grpc_watch_streams gauge\nhm_grpc_watch_streams %d\n",
+            hm__server_inflight(), atomic_load(&rt.watches));
 }
 
 /* ---- call objects ---- */
+
+static void access_log(call_impl_t *c, hm_code_t code, int64_t dur_ns)
+{
+    if (!rt.cfg->access_log)
+        return;
+    bool health = c->method >= 0 && rt.methods[c->method].builtin != BUILTIN_NONE;
+    hm_log_level_t lvl = health ? HM_LOG_DEBUG : HM_LOG_INFO;
+    if ((int)lvl < hm__log_level)
+        return;
+    char fields[512];
+    unsigned len = 0;
+    len += (unsigned)snprintf(fields, sizeof(fields), "\"method\":\"");
+    len = hm_json_escape(fields, sizeof(fields), len, c->log_method);
+    snprintf(fields + len, sizeof(fields) - len, "\",\"code\":\"%s\",\"duration_us\":%lld",
+             hm_code_name(code), (long long)(dur_ns / 1000));
+    hm_log_ctx_t lctx = {c->pub.request_id, NULL, NULL};
+    hm_log_set_ctx(&lctx);
+    hm_log_write(lvl, fields, "call");
+    hm_log_set_ctx(NULL);
+}
 
 static call_impl_t *call_new(hm_worker_t *w, int method)
 {
     call_impl_t *c = w->free_calls;
     if (c) {
         w->free_calls = c->next;
+        w->nfree--;
     } else {
         c = hm_xcalloc(1, sizeof(*c));
         hm_arena_init(&c->pub.arena, 0);
@@ -351,10 +408,10 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
     c->refs = 0;
     c->cancelled = 0;
     c->code = HM_CODE_OK;
+    c->log_method = method >= 0 ? rt.methods[method].name : "unknown";
     c->ntrailing = 0;
     c->status_slice = grpc_empty_slice();
     c->send_bb = NULL;
-    c->recv_bb = NULL;
     c->watch_name = NULL;
     c->last_sent = -1;
     c->send_pending = false;
@@ -366,8 +423,8 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
     c->pub.crypto = rt.crypto;
     c->pub.app = rt.app;
     c->pub.worker = w;
+    c->pub.request_id = "";
     c->pub.traceparent = NULL;
-    c->pub.peer = NULL;
     c->pub.deadline_ms = INT64_MAX;
     c->pub.start_ns = hm_mono_ns();
     w->live++;
@@ -375,15 +432,24 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
     return c;
 }
 
+/* The call is over: count it and log it with the code the client actually saw. */
+static void call_done(hm_worker_t *w, call_impl_t *c)
+{
+    int64_t dur = hm_mono_ns() - c->pub.start_ns;
+    hm_code_t code = c->code;
+    if (c->cancelled)
+        code = hm_call_remaining_ms(&c->pub) <= 0 ? HM_CODE_DEADLINE_EXCEEDED : HM_CODE_CANCELLED;
+    count_call(w, c->method, code, c->watch_name ? -1 : dur);
+    access_log(c, code, dur);
+}
+
 static void call_free(hm_worker_t *w, call_impl_t *c)
 {
-    if (c->watch_name) /* streams are counted when they end */
-        count_call(w, c->method, c->finishing ? c->code : HM_CODE_CANCELLED,
-                   hm_mono_ns() - c->pub.start_ns);
+    call_done(w, c);
+    if (c->watch_name)
+        atomic_fetch_sub(&rt.watches, 1);
     if (c->send_bb)
         grpc_byte_buffer_destroy(c->send_bb);
-    if (c->recv_bb)
-        grpc_byte_buffer_destroy(c->recv_bb);
     grpc_slice_unref(c->status_slice);
     for (size_t i = 0; i < c->ntrailing; i++)
         grpc_slice_unref(c->trailing_md[i].value);
@@ -391,11 +457,17 @@ static void call_free(hm_worker_t *w, call_impl_t *c)
     if (c->call)
         grpc_call_unref(c->call);
     c->call = NULL;
+    w->live--;
+    __atomic_store_n(&w->inflight, w->live, __ATOMIC_RELAXED);
+    if (w->nfree >= MAX_FREE_CALLS) {
+        hm_arena_deinit(&c->pub.arena);
+        free(c);
+        return;
+    }
     hm_arena_reset(&c->pub.arena);
     c->next = w->free_calls;
     w->free_calls = c;
-    w->live--;
-    __atomic_store_n(&w->inflight, w->live, __ATOMIC_RELAXED);
+    w->nfree++;
 }
 
 static void call_unref(hm_worker_t *w, call_impl_t *c)
@@ -531,6 +603,18 @@ static void add_status_details(call_impl_t *c, hm_status_t st)
     c->ntrailing = 1;
 }
 
+/* A client-supplied string cut to MAX_ECHO bytes (on a UTF-8 boundary) for error messages. */
+static const char *echo(call_impl_t *c, const char *s)
+{
+    size_t n = strlen(s);
+    if (n <= MAX_ECHO)
+        return s;
+    n = MAX_ECHO;
+    while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+        n--;
+    return hm_arena_printf(&c->pub.arena, "%.*s...", (int)n, s);
+}
+
 /* ---- sending ---- */
 
 static void init_metadata(call_impl_t *c)
@@ -540,10 +624,9 @@ static void init_metadata(call_impl_t *c)
 }
 
 /* Starts the final batch of a unary call (or a generic one): status, optional message. */
-static void send_final(hm_worker_t *w, call_impl_t *c, hm_status_t st, grpc_byte_buffer *msg,
-                       bool recv_close)
+static void send_final(hm_worker_t *w, call_impl_t *c, hm_status_t st, grpc_byte_buffer *msg)
 {
-    grpc_op ops[5];
+    grpc_op ops[4];
     memset(ops, 0, sizeof(ops));
     size_t n = 0;
     init_metadata(c);
@@ -571,11 +654,9 @@ static void send_final(hm_worker_t *w, call_impl_t *c, hm_status_t st, grpc_byte
     ops[n].data.send_status_from_server.trailing_metadata_count = c->ntrailing;
     ops[n].data.send_status_from_server.trailing_metadata = c->trailing_md;
     n++;
-    if (recv_close) {
-        ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-        ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
-        n++;
-    }
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+    n++;
     c->code = st.code;
     c->refs++;
     grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->done, NULL);
@@ -583,23 +664,6 @@ static void send_final(hm_worker_t *w, call_impl_t *c, hm_status_t st, grpc_byte
         HM_ERROR("start_batch failed: %d", (int)e);
         call_unref(w, c);
     }
-}
-
-static void access_log(call_impl_t *c, const char *method, hm_status_t st, int64_t dur_ns)
-{
-    if (!rt.cfg->access_log)
-        return;
-    bool health = c->method >= 0 && rt.methods[c->method].builtin != BUILTIN_NONE;
-    hm_log_level_t lvl = health ? HM_LOG_DEBUG : HM_LOG_INFO;
-    if ((int)lvl < hm__log_level)
-        return;
-    char fields[512];
-    unsigned len = 0;
-    len += (unsigned)snprintf(fields, sizeof(fields), "\"method\":\"");
-    len = hm_json_escape(fields, sizeof(fields), len, method);
-    snprintf(fields + len, sizeof(fields) - len, "\",\"code\":\"%s\",\"duration_us\":%lld",
-             hm_code_name(st.code), (long long)(dur_ns / 1000));
-    hm_log_write(lvl, fields, "call");
 }
 
 /* ---- health ---- */
@@ -610,7 +674,7 @@ static hm_status_t health_check(call_impl_t *c, const ProtobufCMessage *in, Prot
     int st = hm__health_get(req->service ? req->service : "");
     if (st == HM__HEALTH_SERVICE_UNKNOWN)
         return hm_call_error(&c->pub, HM_CODE_NOT_FOUND, "NOT_FOUND", "unknown service \"%s\"",
-                             req->service);
+                             echo(c, req->service));
     Grpc__Health__V1__HealthCheckResponse *resp = hm_arena_alloc(&c->pub.arena, sizeof(*resp));
     grpc__health__v1__health_check_response__init(resp);
     resp->status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)st;
@@ -689,6 +753,7 @@ static void watch_start(hm_worker_t *w, call_impl_t *c, const ProtobufCMessage *
 {
     const Grpc__Health__V1__HealthCheckRequest *req = (const void *)in;
     c->watch_name = hm_arena_strdup(&c->pub.arena, req->service ? req->service : "");
+    atomic_fetch_add(&rt.watches, 1); /* released in call_free */
     grpc_op op;
     memset(&op, 0, sizeof(op));
     op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
@@ -720,14 +785,20 @@ static void watch_event(hm_worker_t *w, call_impl_t *c, tag_kind_t kind)
 
 static void post_request(hm_worker_t *w, slot_t *s)
 {
-    if (!atomic_load(&rt.accepting) || s->posted)
+    if (s->posted)
         return;
+    pthread_rwlock_rdlock(&rt.post_lock);
+    if (!atomic_load(&rt.accepting)) {
+        pthread_rwlock_unlock(&rt.post_lock);
+        return;
+    }
     grpc_metadata_array_init(&s->md);
     s->call = NULL;
     s->payload = NULL;
     grpc_call_error e = grpc_server_request_registered_call(rt.server, rt.methods[s->method].handle,
                                                             &s->call, &s->deadline, &s->md,
                                                             &s->payload, w->cq, w->cq, &s->tag);
+    pthread_rwlock_unlock(&rt.post_lock);
     if (e != GRPC_CALL_OK) {
         grpc_metadata_array_destroy(&s->md);
         HM_ERROR("request_registered_call failed: %d", (int)e);
@@ -739,13 +810,20 @@ static void post_request(hm_worker_t *w, slot_t *s)
 static void post_generic(hm_worker_t *w)
 {
     generic_slot_t *g = &w->generic;
-    if (!atomic_load(&rt.accepting) || g->posted)
+    if (g->posted)
         return;
+    pthread_rwlock_rdlock(&rt.post_lock);
+    if (!atomic_load(&rt.accepting)) {
+        pthread_rwlock_unlock(&rt.post_lock);
+        return;
+    }
     grpc_call_details_init(&g->details);
     grpc_metadata_array_init(&g->md);
     g->call = NULL;
-    if (grpc_server_request_call(rt.server, &g->call, &g->details, &g->md, w->cq, w->cq, &g->tag) !=
-        GRPC_CALL_OK) {
+    grpc_call_error e =
+        grpc_server_request_call(rt.server, &g->call, &g->details, &g->md, w->cq, w->cq, &g->tag);
+    pthread_rwlock_unlock(&rt.post_lock);
+    if (e != GRPC_CALL_OK) {
         grpc_call_details_destroy(&g->details);
         grpc_metadata_array_destroy(&g->md);
         return;
@@ -753,11 +831,45 @@ static void post_generic(hm_worker_t *w)
     g->posted = true;
 }
 
+/* Re-posts a slot after its call: rank 0 always, the drain extras only while draining. */
+static void repost(hm_worker_t *w, slot_t *s)
+{
+    if (s->rank == 0 || atomic_load(&rt.draining))
+        post_request(w, s);
+}
+
+/* Runs a decoded unary request through its handler. */
+static hm_status_t run_handler(hm_worker_t *w, call_impl_t *c, const rt_method_t *m,
+                               const ProtobufCMessage *req, ProtobufCMessage **resp)
+{
+    if (m->builtin == BUILTIN_HEALTH_CHECK)
+        return health_check(c, req, resp);
+    if (w->db)
+        hm_db_set_deadline(w->db,
+                           c->pub.deadline_ms == INT64_MAX ? -1 : hm_call_remaining_ms(&c->pub));
+    hm_status_t st = m->m->handler(&c->pub, req, resp);
+    if (w->db)
+        hm_db_end_call(w->db);
+    if (st.code == HM_CODE_OK && *resp && (*resp)->descriptor != m->m->response) {
+        HM_ERROR("handler of %s returned a %s, not a %s", m->name, (*resp)->descriptor->name,
+                 m->m->response->name);
+        st = hm_status_from_err(HM_EINTERNAL);
+    }
+    if ((unsigned)st.code >= HM_CODE_COUNT) {
+        HM_ERROR("handler of %s returned status code %d", m->name, (int)st.code);
+        st = hm_status_from_err(HM_EINTERNAL);
+    }
+    return st;
+}
+
 static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
 {
     s->posted = false;
-    if (!ok || !s->call) {
-        /* Shutdown: the request was never matched. */
+    if (!ok || !s->call || w->cq_shut) {
+        /* Shutdown: the request was never matched (or arrived after the queue closed). */
+        if (s->call)
+            grpc_call_unref(s->call);
+        s->call = NULL;
         grpc_metadata_array_destroy(&s->md);
         if (s->payload)
             grpc_byte_buffer_destroy(s->payload);
@@ -783,6 +895,7 @@ static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
     hm_status_t st = HM_STATUS_OK;
     ProtobufCMessage *req = NULL, *resp = NULL;
     if (!payload) {
+        /* No message: the client sent none, or cancelled before it arrived. */
         st = (hm_status_t){HM_CODE_INVALID_ARGUMENT, "MALFORMED_REQUEST", "request message missing",
                            NULL};
     } else {
@@ -794,54 +907,34 @@ static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
     }
 
     if (hm_status_ok(st) && m->builtin == BUILTIN_HEALTH_WATCH) {
-        hm_log_set_ctx(NULL);
-        watch_start(w, c, req);
-        post_request(w, s);
-        return;
+        if (atomic_load(&rt.watches) >= MAX_WATCHES) {
+            st = (hm_status_t){HM_CODE_RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED",
+                               "too many health Watch streams", NULL};
+        } else {
+            hm_log_set_ctx(NULL);
+            watch_start(w, c, req);
+            repost(w, s);
+            return;
+        }
     }
     if (hm_status_ok(st) && hm_call_remaining_ms(&c->pub) <= 0)
         st = (hm_status_t){HM_CODE_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
                            "deadline expired before the call was served", NULL};
-    if (hm_status_ok(st)) {
-        if (m->builtin == BUILTIN_HEALTH_CHECK) {
-            st = health_check(c, req, &resp);
-        } else {
-            if (w->db)
-                hm_db_set_deadline(
-                    w->db, c->pub.deadline_ms == INT64_MAX ? -1 : hm_call_remaining_ms(&c->pub));
-            st = m->m->handler(&c->pub, req, &resp);
-            if (w->db)
-                hm_db_end_call(w->db);
-            if (st.code == HM_CODE_OK && resp && resp->descriptor != m->m->response) {
-                HM_ERROR("handler of %s returned a %s, not a %s", m->name, resp->descriptor->name,
-                         m->m->response->name);
-                st = hm_status_from_err(HM_EINTERNAL);
-            }
-        }
-    }
-    if ((unsigned)st.code >= HM_CODE_COUNT)
-        st = hm_status_from_err(HM_EINTERNAL);
-    grpc_byte_buffer *out = NULL;
-    if (hm_status_ok(st)) {
-        if (resp) {
-            out = encode(resp);
-        } else {
-            out = encode(NULL);
-        }
-    }
-    int64_t dur = hm_mono_ns() - c->pub.start_ns;
-    count_call(w, s->method, st.code, dur);
-    access_log(c, m->name, st, dur);
+    if (hm_status_ok(st))
+        st = run_handler(w, c, m, req, &resp);
     hm_log_set_ctx(NULL);
-    send_final(w, c, st, out, true);
-    post_request(w, s);
+    send_final(w, c, st, hm_status_ok(st) ? encode(resp) : NULL);
+    repost(w, s);
 }
 
 static void serve_generic(hm_worker_t *w, bool ok)
 {
     generic_slot_t *g = &w->generic;
     g->posted = false;
-    if (!ok || !g->call) {
+    if (!ok || !g->call || w->cq_shut) {
+        if (g->call)
+            grpc_call_unref(g->call);
+        g->call = NULL;
         grpc_call_details_destroy(&g->details);
         grpc_metadata_array_destroy(&g->md);
         return;
@@ -851,34 +944,35 @@ static void serve_generic(hm_worker_t *w, bool ok)
     c->md = g->md;
     g->call = NULL;
     set_request_id(w, c);
-    char *method =
+    c->log_method =
         hm_arena_strndup(&c->pub.arena, (const char *)GRPC_SLICE_START_PTR(g->details.method),
                          GRPC_SLICE_LENGTH(g->details.method));
     grpc_call_details_destroy(&g->details);
-    hm_status_t st =
-        hm_call_error(&c->pub, HM_CODE_UNIMPLEMENTED, "UNIMPLEMENTED", "unknown method %s", method);
-    count_call(w, -1, st.code, 0);
-    hm_log_ctx_t lctx = {c->pub.request_id, NULL, NULL};
-    hm_log_set_ctx(&lctx);
-    access_log(c, method, st, hm_mono_ns() - c->pub.start_ns);
-    hm_log_set_ctx(NULL);
-
-    /* Read (and discard) the request message so the stream closes cleanly. */
-    grpc_op ops[1];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_RECV_MESSAGE;
-    ops[0].data.recv_message.recv_message = &c->recv_bb;
-    c->refs++;
-    if (grpc_call_start_batch(c->call, ops, 1, &c->close, NULL) != GRPC_CALL_OK)
-        c->refs--;
-    send_final(w, c, st, NULL, true);
+    hm_status_t st = hm_call_error(&c->pub, HM_CODE_UNIMPLEMENTED, "UNIMPLEMENTED",
+                                   "unknown method %s", echo(c, c->log_method));
+    c->log_method = echo(c, c->log_method);
+    /* The status ends the stream; the request message is never read (nor buffered). */
+    send_final(w, c, st, NULL);
     post_generic(w);
+}
+
+/* Drain: post every slot so calls the core holds are matched to a worker, not cancelled. */
+static void top_up(hm_worker_t *w)
+{
+    for (int i = 0; i < rt.nmethods * DRAIN_POSTS; i++)
+        post_request(w, &w->slots[i]);
+    post_generic(w);
+    w->topped_up = true;
+    atomic_fetch_add(&rt.topped_up, 1);
 }
 
 static void housekeeping(hm_worker_t *w)
 {
+    bool draining = atomic_load(&rt.draining);
+    if (draining && !w->topped_up)
+        top_up(w);
     unsigned gen = hm__health_generation();
-    if (gen != w->health_gen || atomic_load(&rt.draining)) {
+    if (gen != w->health_gen || draining) {
         w->health_gen = gen;
         for (call_impl_t *c = w->watches, *next; c; c = next) {
             next = c->next;
@@ -895,7 +989,7 @@ static void *worker_main(void *arg)
 {
     hm_worker_t *w = arg;
     for (int i = 0; i < rt.nmethods; i++)
-        post_request(w, &w->slots[i]);
+        post_request(w, &w->slots[i * DRAIN_POSTS]);
     post_generic(w);
     for (;;) {
         gpr_timespec tick = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
@@ -932,19 +1026,20 @@ static void *worker_main(void *arg)
         }
         housekeeping(w);
     }
-    /* Free recycled calls and the slots' leftovers. */
     while (w->free_calls) {
         call_impl_t *c = w->free_calls;
         w->free_calls = c->next;
         hm_arena_deinit(&c->pub.arena);
         free(c);
     }
+    w->nfree = 0;
     return NULL;
 }
 
 /* ---- start and stop ---- */
 
-static void add_method(int *n, const char *name, const hm_method_t *m, builtin_t b)
+static int add_method(int *n, const char *name, const hm_method_t *m, builtin_t b, char *err,
+                      size_t errlen)
 {
     rt_method_t *r = &rt.methods[(*n)++];
     r->name = name;
@@ -952,6 +1047,43 @@ static void add_method(int *n, const char *name, const hm_method_t *m, builtin_t
     r->builtin = b;
     r->handle = grpc_server_register_method(rt.server, name, NULL,
                                             GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    if (!r->handle) {
+        snprintf(err, errlen, "cannot register method %s (registered twice?)", name);
+        return HM_EINVAL;
+    }
+    return 0;
+}
+
+/* Frees what hm__server_start built, except the metrics (see hm__server_release). */
+static void destroy_server_parts(void)
+{
+    if (rt.server)
+        grpc_server_destroy(rt.server);
+    rt.server = NULL;
+    if (rt.shutdown_cq) {
+        grpc_completion_queue_shutdown(rt.shutdown_cq);
+        grpc_completion_queue_destroy(rt.shutdown_cq);
+    }
+    rt.shutdown_cq = NULL;
+    for (int i = 0; rt.workers && i < rt.nworkers; i++) {
+        hm_worker_t *w = &rt.workers[i];
+        if (w->cq) {
+            grpc_completion_queue_shutdown(w->cq);
+            while (
+                grpc_completion_queue_next(w->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+                GRPC_QUEUE_SHUTDOWN)
+                ;
+            grpc_completion_queue_destroy(w->cq);
+        }
+        w->cq = NULL;
+        hm_db_destroy(w->db);
+        w->db = NULL;
+        if (w->cache)
+            hm_cache_destroy(w->cache);
+        w->cache = NULL;
+        free(w->slots);
+        w->slots = NULL;
+    }
 }
 
 int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
@@ -963,27 +1095,31 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
     rt.app = o->app;
     atomic_store(&rt.accepting, 1);
 
-    grpc_arg args[2];
+    grpc_arg args[3];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = (int)o->cfg->max_message_bytes;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = (int)o->cfg->max_message_bytes;
-    grpc_channel_args cargs = {2, args};
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
+    args[2].value.integer = MAX_STREAMS;
+    grpc_channel_args cargs = {3, args};
     rt.server = grpc_server_create(&cargs, NULL);
 
     size_t total = 2;
     for (size_t i = 0; i < d->nservices; i++)
         total += d->services[i]->nmethods;
     rt.methods = hm_xcalloc(total, sizeof(*rt.methods));
-    int n = 0;
-    add_method(&n, HEALTH_CHECK, NULL, BUILTIN_HEALTH_CHECK);
-    add_method(&n, HEALTH_WATCH, NULL, BUILTIN_HEALTH_WATCH);
-    for (size_t i = 0; i < d->nservices; i++)
-        for (size_t k = 0; k < d->services[i]->nmethods; k++)
-            add_method(&n, d->services[i]->methods[k].name, &d->services[i]->methods[k],
-                       BUILTIN_NONE);
+    int n = 0, rc = 0;
+    rc = add_method(&n, HEALTH_CHECK, NULL, BUILTIN_HEALTH_CHECK, err, errlen);
+    if (!rc)
+        rc = add_method(&n, HEALTH_WATCH, NULL, BUILTIN_HEALTH_WATCH, err, errlen);
+    for (size_t i = 0; !rc && i < d->nservices; i++)
+        for (size_t k = 0; !rc && k < d->services[i]->nmethods; k++)
+            rc = add_method(&n, d->services[i]->methods[k].name, &d->services[i]->methods[k],
+                            BUILTIN_NONE, err, errlen);
     rt.nmethods = n;
 
     rt.nworkers = (int)o->cfg->workers;
@@ -993,10 +1129,11 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
         w->id = i;
         w->cq = grpc_completion_queue_create_for_next(NULL);
         grpc_server_register_completion_queue(rt.server, w->cq, NULL);
-        w->slots = hm_xcalloc((size_t)rt.nmethods, sizeof(*w->slots));
-        for (int k = 0; k < rt.nmethods; k++) {
+        w->slots = hm_xcalloc((size_t)rt.nmethods * DRAIN_POSTS, sizeof(*w->slots));
+        for (int k = 0; k < rt.nmethods * DRAIN_POSTS; k++) {
             w->slots[k].tag.kind = TAG_REQUEST;
-            w->slots[k].method = k;
+            w->slots[k].method = k / DRAIN_POSTS;
+            w->slots[k].rank = k % DRAIN_POSTS;
         }
         w->generic.tag.kind = TAG_GENERIC;
         w->counts = hm_xcalloc((size_t)rt.nmethods + 1, sizeof(*w->counts));
@@ -1008,17 +1145,27 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
         w->cache = hm_cache_create(o->cfg->redis_addr, o->cfg->redis_timeout_ms);
     }
     rt.shutdown_cq = grpc_completion_queue_create_for_pluck(NULL);
+    __atomic_store_n(&rt.published, rt.workers, __ATOMIC_RELEASE);
 
+    if (rc) {
+        destroy_server_parts();
+        return rc;
+    }
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     int port = grpc_server_add_http2_port(rt.server, o->cfg->grpc_addr, creds);
     grpc_server_credentials_release(creds);
     if (port <= 0) {
         snprintf(err, errlen, "HM_GRPC_ADDR: cannot listen on %s", o->cfg->grpc_addr);
+        destroy_server_parts();
         return HM_EIO;
     }
     grpc_server_start(rt.server);
-    for (int i = 0; i < rt.nworkers; i++)
-        pthread_create(&rt.workers[i].thread, NULL, worker_main, &rt.workers[i]);
+    for (int i = 0; i < rt.nworkers; i++) {
+        if (pthread_create(&rt.workers[i].thread, NULL, worker_main, &rt.workers[i]) != 0) {
+            HM_ERROR("cannot start worker thread %d: %s", i, strerror(errno));
+            abort(); /* workers already running own calls: no clean way back */
+        }
+    }
     HM_INFO("serving gRPC on %s with %d workers, %d methods", o->cfg->grpc_addr, rt.nworkers,
             rt.nmethods);
     return 0;
@@ -1032,11 +1179,21 @@ void hm__server_drain(void)
 void hm__server_stop(int64_t grace_ms)
 {
     static tag_t shutdown_tag = {TAG_DONE};
+    int64_t start = hm_mono_ms();
     atomic_store(&rt.draining, 1);
+    /* Let every worker post its drain requests first (each does so within one tick). */
+    int64_t topup_until = start + (grace_ms < TOPUP_WAIT_MS ? grace_ms : TOPUP_WAIT_MS);
+    while (atomic_load(&rt.topped_up) < rt.nworkers && hm_mono_ms() < topup_until) {
+        struct timespec ts = {0, 5 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    pthread_rwlock_wrlock(&rt.post_lock);
     atomic_store(&rt.accepting, 0);
+    pthread_rwlock_unlock(&rt.post_lock);
     grpc_server_shutdown_and_notify(rt.server, rt.shutdown_cq, &shutdown_tag);
-    gpr_timespec until =
-        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(grace_ms, GPR_TIMESPAN));
+    int64_t left = grace_ms - (hm_mono_ms() - start);
+    gpr_timespec until = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                      gpr_time_from_millis(left > 0 ? left : 0, GPR_TIMESPAN));
     grpc_event ev = grpc_completion_queue_pluck(rt.shutdown_cq, &shutdown_tag, until, NULL);
     if (ev.type != GRPC_OP_COMPLETE) {
         HM_WARN("grace period of %lld ms over with %ld calls in flight: cancelling them",
@@ -1048,21 +1205,16 @@ void hm__server_stop(int64_t grace_ms)
     atomic_store(&rt.stopping, 1);
     for (int i = 0; i < rt.nworkers; i++)
         pthread_join(rt.workers[i].thread, NULL);
-    grpc_server_destroy(rt.server);
-    rt.server = NULL;
-    grpc_completion_queue_shutdown(rt.shutdown_cq);
-    grpc_completion_queue_destroy(rt.shutdown_cq);
-    for (int i = 0; i < rt.nworkers; i++) {
-        hm_worker_t *w = &rt.workers[i];
-        grpc_completion_queue_destroy(w->cq);
-        if (w->db)
-            hm_db_destroy(w->db);
-        if (w->cache)
-            hm_cache_destroy(w->cache);
-        free(w->slots);
-        free(w->counts);
-        free(w->latency);
-        free(w->latency_sum_us);
+    destroy_server_parts();
+}
+
+void hm__server_release(void)
+{
+    __atomic_store_n(&rt.published, NULL, __ATOMIC_RELEASE);
+    for (int i = 0; rt.workers && i < rt.nworkers; i++) {
+        free(rt.workers[i].counts);
+        free(rt.workers[i].latency);
+        free(rt.workers[i].latency_sum_us);
     }
     free(rt.workers);
     rt.workers = NULL;

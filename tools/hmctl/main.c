@@ -1,7 +1,9 @@
 /*
  * hmctl - the operator's command line for the mesh.
  *
- *   hmctl health ADDR [SERVICE]          grpc.health.v1 Check; exit 0 when SERVING
+ *   hmctl health ADDR [SERVICE] [--timeout MS] [--attempts N]
+ *                                        grpc.health.v1 Check; exit 0 when SERVING
+ *                                        (retries UNAVAILABLE up to N attempts)
  *   hmctl migrate status|up|down N --service NAME
  *                                        schema migrations of one daemon's database
  *                                        (HM_DATABASE_URL names the database)
@@ -41,7 +43,7 @@ static const service_migrations_t all_migrations[] = {
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: hmctl health ADDR [SERVICE] [--timeout MS]\n"
+            "usage: hmctl health ADDR [SERVICE] [--timeout MS] [--attempts N]\n"
             "       hmctl migrate status|up|down VERSION --service NAME   (HM_DATABASE_URL)\n");
     return 2;
 }
@@ -53,9 +55,12 @@ static int cmd_health(int argc, char **argv)
     const char *addr = argv[0];
     const char *service = "";
     int64_t timeout = 2000;
+    int attempts = 1;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc)
             timeout = atoll(argv[++i]);
+        else if (strcmp(argv[i], "--attempts") == 0 && i + 1 < argc)
+            attempts = atoi(argv[++i]);
         else
             service = argv[i];
     }
@@ -65,7 +70,7 @@ static int cmd_health(int argc, char **argv)
     Grpc__Health__V1__HealthCheckRequest req;
     grpc__health__v1__health_check_request__init(&req);
     req.service = (char *)service;
-    hm_client_opts_t opts = {.timeout_ms = timeout, .max_attempts = 1};
+    hm_client_opts_t opts = {.timeout_ms = timeout, .max_attempts = attempts};
     ProtobufCMessage *resp = NULL;
     hm_status_t st =
         hm_client_unary(client, addr, "/grpc.health.v1.Health/Check", &req.base,

@@ -3,9 +3,11 @@
  *
  * One process-wide client caches a channel per target ("host:port"). hm_client_unary() makes
  * one unary call with a deadline, retries with exponential backoff and full jitter on
- * UNAVAILABLE only (the one code that says the request was not processed), passes the
- * parent call's traceparent and request id on, and never forwards the end user's token: the
- * caller adds its own service credential through `metadata`.
+ * UNAVAILABLE only, passes the parent call's traceparent and request id on, and never
+ * forwards the end user's token: the caller adds its own service credential through
+ * `metadata`. UNAVAILABLE usually means the request was not processed, but not always (a
+ * connection lost after the peer committed): retry only idempotent requests, or requests
+ * carrying an idempotency key; pass max_attempts = 1 otherwise.
  */
 #ifndef HM_CLIENT_H
 #define HM_CLIENT_H
@@ -21,7 +23,8 @@ typedef struct hm_client_opts {
                            remaining deadline. */
     int max_attempts;   /* 0 = 3; 1 disables retries */
     hm_call_t *parent;  /* the call being served (trace context, request id, deadline) or NULL */
-    const char *const *metadata; /* extra request metadata: key, value, ..., NULL */
+    const char *const *metadata; /* extra request metadata: key, value, ..., NULL (at most 14
+                                    pairs; more is an INTERNAL error) */
 } hm_client_opts_t;
 
 /* Creates a client; destroy it after every call using it has returned. */

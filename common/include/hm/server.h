@@ -85,7 +85,6 @@ struct hm_call {
     void *app;                 /* the daemon's state (hm_daemon_t.app) */
     const char *request_id;    /* from x-request-id or generated; sent back in metadata */
     const char *traceparent;   /* incoming W3C traceparent, or NULL */
-    const char *peer;          /* client address */
     int64_t deadline_ms;       /* CLOCK_MONOTONIC ms; INT64_MAX when the client set none */
     int64_t start_ns;          /* CLOCK_MONOTONIC ns when the call started */
     hm_worker_t *worker;       /* owning worker (runtime-internal) */
@@ -93,6 +92,9 @@ struct hm_call {
 
 /* Milliseconds left before the call's deadline (INT64_MAX without one; <= 0 when expired). */
 int64_t hm_call_remaining_ms(const hm_call_t *call);
+
+/* The client's address ("ipv4:127.0.0.1:5555"), copied into the arena. */
+const char *hm_call_peer(hm_call_t *call);
 
 /* The first value of request metadata `key` (lower case), copied into the arena; NULL when
  * absent. Binary ("-bin") values are returned raw with their length in *len (may be NULL). */
