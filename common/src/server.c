@@ -42,6 +42,7 @@
 #include "hm/cache.h"
 #include "hm/db.h"
 #include "hm/log.h"
+#include "hm/pb.h"
 #include "internal.h"
 
 #define HOUSEKEEPING_MS 100 /* worker wake-up period for Watch updates and shutdown */
@@ -901,6 +902,8 @@ static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
     } else {
         req = decode(c, payload, req_desc);
         grpc_byte_buffer_destroy(payload);
+        if (req && !hm_pb_repackable(req))
+            req = NULL; /* decodable by protobuf-c only: refuse before anyone re-packs it */
         if (!req)
             st = (hm_status_t){HM_CODE_INVALID_ARGUMENT, "MALFORMED_REQUEST",
                                "request message could not be decoded", NULL};

@@ -119,6 +119,15 @@ class GuestProfileTest(hmtest.TestCase):
         self.assertEqual(cm.exception.code(), self.grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("profile.name", cm.exception.details())
 
+    def test_unrepackable_field_zero_is_refused(self):
+        # Field number 0 in a two-byte tag: protobuf-c decodes it, but would re-pack it into
+        # bytes no decoder accepts; the runtime refuses it before any handler sees it.
+        with self.assertRaises(self.grpc.RpcError) as cm:
+            self.create_rpc(bytes([0x80, 0x00, 0x01]), timeout=5)
+        self.assertEqual(cm.exception.code(), self.grpc.StatusCode.INVALID_ARGUMENT)
+        _, info, _ = hmtest.error_details(cm.exception)
+        self.assertEqual(info.reason, "MALFORMED_REQUEST")
+
     def test_get_profile_errors(self):
         with self.assertRaises(self.grpc.RpcError) as cm:
             self.get_rpc(self.pb.GetProfileRequest(guest_id="nope"), timeout=5)

@@ -38,7 +38,8 @@ char *hm_arena_strdup(hm_arena_t *a, const char *s);
 char *hm_arena_strndup(hm_arena_t *a, const char *s, size_t n);
 void *hm_arena_memdup(hm_arena_t *a, const void *p, size_t n);
 char *hm_arena_printf(hm_arena_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-char *hm_arena_vprintf(hm_arena_t *a, const char *fmt, va_list ap);
+char *hm_arena_vprintf(hm_arena_t *a, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 /* Registers fn(arg) to run at the next reset/deinit (LIFO). */
 void hm_arena_defer(hm_arena_t *a, void (*fn)(void *), void *arg);
