@@ -4,6 +4,7 @@
  *   hmctl health ADDR [SERVICE] [--timeout MS] [--attempts N]
  *                                        grpc.health.v1 Check; exit 0 when SERVING
  *                                        (retries UNAVAILABLE up to N attempts)
+ *   hmctl token --sub ID --role ROLE ...  a development HS256 token (HM_JWT_HS256_SECRET)
  *   hmctl migrate status|up|down N --service NAME
  *                                        schema migrations of one daemon's database
  *                                        (HM_DATABASE_URL names the database)
@@ -16,6 +17,7 @@
 #include "hm/client.h"
 #include "hm/db.h"
 #include "hm/migrate.h"
+#include "token.h"
 
 #define MIGRATIONS(d)                                                                              \
     extern const hm_migration_t d##_migrations[];                                                  \
@@ -42,9 +44,12 @@ static const service_migrations_t all_migrations[] = {
 
 static int usage(void)
 {
-    fprintf(stderr,
-            "usage: hmctl health ADDR [SERVICE] [--timeout MS] [--attempts N]\n"
-            "       hmctl migrate status|up|down VERSION --service NAME   (HM_DATABASE_URL)\n");
+    fprintf(
+        stderr,
+        "usage: hmctl health ADDR [SERVICE] [--timeout MS] [--attempts N]\n"
+        "       hmctl migrate status|up|down VERSION --service NAME   (HM_DATABASE_URL)\n"
+        "       hmctl token --sub ID --role guest|staff|admin|service [--venue V]... [--ttl 1h]\n"
+        "                   [--kid K] [--iss ISS] [--aud AUD]     (HM_JWT_HS256_SECRET)\n");
     return 2;
 }
 
@@ -140,5 +145,7 @@ int main(int argc, char **argv)
         return cmd_health(argc - 2, argv + 2);
     if (strcmp(argv[1], "migrate") == 0)
         return cmd_migrate(argc - 2, argv + 2);
+    if (strcmp(argv[1], "token") == 0)
+        return hmctl_token(argc - 2, argv + 2);
     return usage();
 }
