@@ -7,6 +7,7 @@
  * metrics endpoint can read them while the owning worker updates them.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,23 +34,26 @@ typedef struct stmt_set {
 } stmt_set_t;
 
 struct hm_db {
-    char *conninfo;             /* owned copy; may hold a password: never logged */
-    PGconn *conn;               /* owned; NULL while disconnected */
-    stmt_set_t prepared;        /* statements prepared on `conn`; emptied when it closes */
-    int64_t ceiling_ms;         /* statement_timeout ceiling; <= 0 = none */
-    int64_t deadline_ms;        /* monotonic ms when the call's time is up; -1 = no deadline */
-    int64_t session_timeout_ms; /* statement_timeout the session has now; -1 = unknown */
-    int64_t retry_at_ms;        /* monotonic ms before which no connection is attempted */
-    int64_t backoff_ms;         /* last pause after a failed attempt; 0 once connected */
-    uint64_t rng;               /* xorshift64 state for jitter; never 0 */
-    bool in_tx;                 /* inside hm_db_tx()'s callback */
-    bool tx_lost;               /* connection lost inside hm_db_tx(): no reconnect until it ends */
-    bool ever_connected;        /* a connection was established once (reconnect counting) */
-    unsigned failed_attempts;   /* connection attempts failed in a row (logging) */
-    char sqlstate[6];           /* last failed call's SQLSTATE, "" when not from the server */
-    char constraint[64];        /* last failed call's constraint name (NAMEDATALEN), or "" */
-    char message[256];          /* last failed call's primary message, or "" */
-    struct {                    /* written by the owning thread, read by any (relaxed) */
+    char *conninfo;              /* owned copy; may hold a password: never logged */
+    PGconn *conn;                /* owned; NULL while disconnected */
+    stmt_set_t prepared;         /* statements prepared on `conn`; emptied when it closes */
+    int64_t ceiling_ms;          /* statement_timeout ceiling; <= 0 = none */
+    int64_t deadline_ms;         /* monotonic ms when the call's time is up; -1 = no deadline */
+    int64_t session_timeout_ms;  /* statement_timeout the session has now; -1 = unknown */
+    int64_t retry_at_ms;         /* monotonic ms before which no connection is attempted */
+    int64_t backoff_ms;          /* last pause after a failed attempt; 0 once connected */
+    uint64_t rng;                /* xorshift64 state for jitter; never 0 */
+    bool in_tx;                  /* inside hm_db_tx()'s callback */
+    bool tx_lost;                /* connection lost inside hm_db_tx(): no reconnect until it ends */
+    bool ever_connected;         /* a connection was established once (reconnect counting) */
+    unsigned failed_attempts;    /* connection attempts failed in a row (logging) */
+    char sqlstate[6];            /* last failed call's SQLSTATE, "" when not from the server */
+    char constraint[64];         /* last failed call's constraint name (NAMEDATALEN), or "" */
+    char message[256];           /* last failed call's primary message, or "" */
+    pthread_mutex_t cancel_lock; /* guards `cancel`: hm_db_abort() runs on another thread */
+    PGcancel *cancel;            /* cancel handle of `conn` (PQgetCancel); NULL when closed */
+    atomic_bool aborted;         /* hm_db_abort() was called: every call fails from now on */
+    struct {                     /* written by the owning thread, read by any (relaxed) */
         _Atomic uint64_t queries, errors, connects, reconnects, connect_failures, tx_retries,
             timeout_sets, connected;
     } st;
@@ -196,6 +200,10 @@ static void drop_conn(hm_db_t *db)
 {
     if (db->conn == NULL)
         return;
+    pthread_mutex_lock(&db->cancel_lock);
+    PQfreeCancel(db->cancel);
+    db->cancel = NULL;
+    pthread_mutex_unlock(&db->cancel_lock);
     PQfinish(db->conn);
     db->conn = NULL;
     set_clear(&db->prepared);
@@ -317,6 +325,10 @@ static int db_connect(hm_db_t *db)
         return HM_EUNAVAIL;
     }
     PQsetNoticeReceiver(c, on_notice, db);
+    PGcancel *cancel = PQgetCancel(c);
+    pthread_mutex_lock(&db->cancel_lock);
+    db->cancel = cancel;
+    pthread_mutex_unlock(&db->cancel_lock);
     db->conn = c;
     db->session_timeout_ms = -1;
     set_clear(&db->prepared);
@@ -374,6 +386,8 @@ static int begin_call(hm_db_t *db)
     int rc;
 
     clear_err(db);
+    if (atomic_load(&db->aborted))
+        return fail_fast(db, HM_EUNAVAIL, "shutting down");
     if (db->deadline_ms >= 0 && now >= db->deadline_ms)
         return fail_fast(db, HM_ETIMEDOUT, "deadline exceeded");
     rc = db_connect(db);
@@ -447,6 +461,7 @@ hm_db_t *hm_db_create(const char *conninfo, int64_t statement_timeout_ms)
     PQconninfoFree(opts);
 
     db = hm_xcalloc(1, sizeof *db);
+    pthread_mutex_init(&db->cancel_lock, NULL);
     db->conninfo = hm_xstrdup(conninfo);
     db->ceiling_ms = statement_timeout_ms > 0 ? statement_timeout_ms : 0;
     db->deadline_ms = -1;
@@ -461,6 +476,7 @@ void hm_db_destroy(hm_db_t *db)
         return;
     db->in_tx = false;
     drop_conn(db);
+    pthread_mutex_destroy(&db->cancel_lock);
     free(db->prepared.slots);
     free(db->conninfo);
     free(db);
@@ -862,4 +878,18 @@ const char *hm_db_param_int64(hm_arena_t *arena, int64_t v)
 const char *hm_db_param_bool(bool v)
 {
     return v ? "true" : "false";
+}
+
+void hm_db_abort(hm_db_t *db)
+{
+    if (db == NULL)
+        return;
+    atomic_store(&db->aborted, true);
+    pthread_mutex_lock(&db->cancel_lock);
+    if (db->cancel != NULL) {
+        char err[256];
+        if (!PQcancel(db->cancel, err, sizeof err))
+            HM_WARN("postgres: cancel request failed: %s", err);
+    }
+    pthread_mutex_unlock(&db->cancel_lock);
 }

@@ -9,8 +9,9 @@
  *   workers instead of queueing behind it (pitfall 3). While draining, each worker posts
  *   DRAIN_POSTS per method, so calls the core holds are matched (and served) rather than
  *   cancelled by the shutdown.
- * - Each worker also keeps one generic request posted that answers UNIMPLEMENTED at once for
- *   methods nobody registered (pitfall 2).
+ * - Health (Check, Watch) and unknown methods (a generic request answering UNIMPLEMENTED at
+ *   once: pitfall 2) are served by CONTROL_WORKERS threads of their own, with no database:
+ *   a probe never waits behind a handler blocked in Postgres.
  * - A unary call is answered with one batch: initial metadata (x-request-id), message, status
  *   (+ grpc-status-details-bin on errors) and RECV_CLOSE_ON_SERVER. Health Watch streams keep
  *   RECV_CLOSE posted separately and send a message whenever the status changes.
@@ -55,7 +56,8 @@
 #define MAX_FREE_CALLS  64   /* recycled call objects kept per worker */
 #define MAX_STREAMS     1024 /* HTTP/2 concurrent streams per connection */
 #define MAX_ECHO        200  /* longest client string echoed in an error message */
-#define TOPUP_WAIT_MS   1000 /* longest wait for workers to post their drain requests */
+#define CONTROL_WORKERS 2    /* threads serving health and unknown methods */
+#define STOP_POLL_MS    50   /* shutdown: how often idle connections are looked for */
 
 static const double latency_bounds[LATENCY_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
@@ -144,7 +146,7 @@ struct hm_worker {
     int nfree;            /* length of free_calls, at most MAX_FREE_CALLS */
     call_impl_t *watches; /* live Watch streams */
     bool cq_shut;
-    bool topped_up;      /* drain: every slot has been posted */
+    bool control;        /* serves health and unknown methods only; no database */
     unsigned health_gen; /* last health generation pushed to Watch streams */
     uint64_t rng;        /* request-id generator state */
     /* Metrics, written by this worker only (relaxed atomics so the admin thread may read). */
@@ -152,6 +154,9 @@ struct hm_worker {
     uint64_t (*latency)[LATENCY_BUCKETS + 1]; /* [nmethods][bucket]; last bucket: +Inf */
     uint64_t *latency_sum_us;                 /* [nmethods] */
     long inflight;
+    /* Requests posted to this worker's queue and request events it dequeued (atomics: the
+     * main thread posts drain requests and reads both to see that nothing is queued). */
+    uint64_t posted_n, dequeued_n;
 };
 
 static struct runtime {
@@ -163,14 +168,13 @@ static struct runtime {
     grpc_completion_queue *shutdown_cq;
     rt_method_t *methods;
     int nmethods;
-    hm_worker_t *workers;
-    int nworkers;
+    hm_worker_t *workers;       /* HM_WORKERS database workers, then CONTROL_WORKERS */
+    int nworkers;               /* all of them */
     hm_worker_t *published;     /* rt.workers once complete (release/acquire): metrics read it */
     pthread_rwlock_t post_lock; /* read: check `accepting` + post; write: stop accepting */
     atomic_int accepting;       /* requests may be (re)posted; guarded by post_lock */
     atomic_int draining;        /* health NOT_SERVING, Watch streams end, drain posts */
     atomic_int stopping;        /* server shut down: workers exit once idle */
-    atomic_int topped_up;       /* workers that posted all their slots for the drain */
     atomic_int watches;         /* live Watch streams, all workers */
 } rt = {.post_lock = PTHREAD_RWLOCK_INITIALIZER};
 
@@ -784,6 +788,17 @@ static void watch_event(hm_worker_t *w, call_impl_t *c, tag_kind_t kind)
 
 /* ---- serving ---- */
 
+/* Whether worker w serves method m: control workers serve the built-ins, the others the rest. */
+static bool serves(const hm_worker_t *w, int m)
+{
+    return w->control == (rt.methods[m].builtin != BUILTIN_NONE);
+}
+
+/*
+ * Posts one request. Called by the owning worker, or by the main thread for the drain slots
+ * (rank > 0) before the worker touches them: `posted` is set before the request so the
+ * worker's completion (which clears it) always comes after.
+ */
 static void post_request(hm_worker_t *w, slot_t *s)
 {
     if (s->posted)
@@ -796,16 +811,18 @@ static void post_request(hm_worker_t *w, slot_t *s)
     grpc_metadata_array_init(&s->md);
     s->call = NULL;
     s->payload = NULL;
+    s->posted = true;
+    __atomic_fetch_add(&w->posted_n, 1, __ATOMIC_RELAXED);
     grpc_call_error e = grpc_server_request_registered_call(rt.server, rt.methods[s->method].handle,
                                                             &s->call, &s->deadline, &s->md,
                                                             &s->payload, w->cq, w->cq, &s->tag);
     pthread_rwlock_unlock(&rt.post_lock);
     if (e != GRPC_CALL_OK) {
+        __atomic_fetch_sub(&w->posted_n, 1, __ATOMIC_RELAXED);
+        s->posted = false;
         grpc_metadata_array_destroy(&s->md);
         HM_ERROR("request_registered_call failed: %d", (int)e);
-        return;
     }
-    s->posted = true;
 }
 
 static void post_generic(hm_worker_t *w)
@@ -821,15 +838,17 @@ static void post_generic(hm_worker_t *w)
     grpc_call_details_init(&g->details);
     grpc_metadata_array_init(&g->md);
     g->call = NULL;
+    g->posted = true;
+    __atomic_fetch_add(&w->posted_n, 1, __ATOMIC_RELAXED);
     grpc_call_error e =
         grpc_server_request_call(rt.server, &g->call, &g->details, &g->md, w->cq, w->cq, &g->tag);
     pthread_rwlock_unlock(&rt.post_lock);
     if (e != GRPC_CALL_OK) {
+        __atomic_fetch_sub(&w->posted_n, 1, __ATOMIC_RELAXED);
+        g->posted = false;
         grpc_call_details_destroy(&g->details);
         grpc_metadata_array_destroy(&g->md);
-        return;
     }
-    g->posted = true;
 }
 
 /* Re-posts a slot after its call: rank 0 always, the drain extras only while draining. */
@@ -959,21 +978,9 @@ static void serve_generic(hm_worker_t *w, bool ok)
     post_generic(w);
 }
 
-/* Drain: post every slot so calls the core holds are matched to a worker, not cancelled. */
-static void top_up(hm_worker_t *w)
-{
-    for (int i = 0; i < rt.nmethods * DRAIN_POSTS; i++)
-        post_request(w, &w->slots[i]);
-    post_generic(w);
-    w->topped_up = true;
-    atomic_fetch_add(&rt.topped_up, 1);
-}
-
 static void housekeeping(hm_worker_t *w)
 {
     bool draining = atomic_load(&rt.draining);
-    if (draining && !w->topped_up)
-        top_up(w);
     unsigned gen = hm__health_generation();
     if (gen != w->health_gen || draining) {
         w->health_gen = gen;
@@ -992,8 +999,10 @@ static void *worker_main(void *arg)
 {
     hm_worker_t *w = arg;
     for (int i = 0; i < rt.nmethods; i++)
-        post_request(w, &w->slots[i * DRAIN_POSTS]);
-    post_generic(w);
+        if (serves(w, i))
+            post_request(w, &w->slots[i * DRAIN_POSTS]);
+    if (w->control)
+        post_generic(w);
     for (;;) {
         gpr_timespec tick = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
                                          gpr_time_from_millis(HOUSEKEEPING_MS, GPR_TIMESPAN));
@@ -1002,6 +1011,8 @@ static void *worker_main(void *arg)
             break;
         if (ev.type == GRPC_OP_COMPLETE) {
             tag_t *t = ev.tag;
+            if (t->kind == TAG_REQUEST || t->kind == TAG_GENERIC)
+                __atomic_fetch_add(&w->dequeued_n, 1, __ATOMIC_RELAXED);
             switch (t->kind) {
             case TAG_REQUEST:
                 serve_registered(w, container_of(t, slot_t, tag), ev.success);
@@ -1125,11 +1136,12 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
                             BUILTIN_NONE, err, errlen);
     rt.nmethods = n;
 
-    rt.nworkers = (int)o->cfg->workers;
+    rt.nworkers = (int)o->cfg->workers + CONTROL_WORKERS;
     rt.workers = hm_xcalloc((size_t)rt.nworkers, sizeof(*rt.workers));
     for (int i = 0; i < rt.nworkers; i++) {
         hm_worker_t *w = &rt.workers[i];
         w->id = i;
+        w->control = i >= (int)o->cfg->workers;
         w->cq = grpc_completion_queue_create_for_next(NULL);
         grpc_server_register_completion_queue(rt.server, w->cq, NULL);
         w->slots = hm_xcalloc((size_t)rt.nmethods * DRAIN_POSTS, sizeof(*w->slots));
@@ -1143,6 +1155,8 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
         w->latency = hm_xcalloc((size_t)rt.nmethods, sizeof(*w->latency));
         w->latency_sum_us = hm_xcalloc((size_t)rt.nmethods, sizeof(*w->latency_sum_us));
         hm_random_bytes(&w->rng, sizeof(w->rng));
+        if (w->control)
+            continue;
         if (o->cfg->database_url && *o->cfg->database_url)
             w->db = hm_db_create(o->cfg->database_url, o->cfg->statement_timeout_ms);
         w->cache = hm_cache_create(o->cfg->redis_addr, o->cfg->redis_timeout_ms);
@@ -1169,41 +1183,76 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
             abort(); /* workers already running own calls: no clean way back */
         }
     }
-    HM_INFO("serving gRPC on %s with %d workers, %d methods", o->cfg->grpc_addr, rt.nworkers,
-            rt.nmethods);
+    HM_INFO("serving gRPC on %s with %d workers (+%d for health), %d methods", o->cfg->grpc_addr,
+            rt.nworkers - CONTROL_WORKERS, CONTROL_WORKERS, rt.nmethods);
     return 0;
 }
 
+/*
+ * Begins the drain: Watch streams end, and the main thread posts DRAIN_POSTS requests per
+ * method on every worker (busy ones included), so calls the core still holds are matched to a
+ * worker queue and served instead of being cancelled when the server shuts down.
+ */
 void hm__server_drain(void)
 {
-    atomic_store(&rt.draining, 1);
+    if (atomic_exchange(&rt.draining, 1))
+        return;
+    for (int i = 0; i < rt.nworkers; i++) {
+        hm_worker_t *w = &rt.workers[i];
+        for (int m = 0; m < rt.nmethods; m++)
+            if (serves(w, m))
+                for (int r = 1; r < DRAIN_POSTS; r++)
+                    post_request(w, &w->slots[m * DRAIN_POSTS + r]);
+    }
+}
+
+/* True when no worker holds a call and nothing is queued for one (after the shutdown call,
+ * every posted request comes back, matched or failed). */
+static bool all_idle(void)
+{
+    for (int i = 0; i < rt.nworkers; i++) {
+        hm_worker_t *w = &rt.workers[i];
+        if (__atomic_load_n(&w->inflight, __ATOMIC_RELAXED) != 0 ||
+            __atomic_load_n(&w->posted_n, __ATOMIC_RELAXED) !=
+                __atomic_load_n(&w->dequeued_n, __ATOMIC_RELAXED))
+            return false;
+    }
+    return true;
 }
 
 void hm__server_stop(int64_t grace_ms)
 {
     static tag_t shutdown_tag = {TAG_DONE};
-    int64_t start = hm_mono_ms();
-    atomic_store(&rt.draining, 1);
-    /* Let every worker post its drain requests first (each does so within one tick). */
-    int64_t topup_until = start + (grace_ms < TOPUP_WAIT_MS ? grace_ms : TOPUP_WAIT_MS);
-    while (atomic_load(&rt.topped_up) < rt.nworkers && hm_mono_ms() < topup_until) {
-        struct timespec ts = {0, 5 * 1000000};
-        nanosleep(&ts, NULL);
-    }
+    int64_t until = hm_mono_ms() + grace_ms;
+    hm__server_drain();
     pthread_rwlock_wrlock(&rt.post_lock);
     atomic_store(&rt.accepting, 0);
     pthread_rwlock_unlock(&rt.post_lock);
     grpc_server_shutdown_and_notify(rt.server, rt.shutdown_cq, &shutdown_tag);
-    int64_t left = grace_ms - (hm_mono_ms() - start);
-    gpr_timespec until = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-                                      gpr_time_from_millis(left > 0 ? left : 0, GPR_TIMESPAN));
-    grpc_event ev = grpc_completion_queue_pluck(rt.shutdown_cq, &shutdown_tag, until, NULL);
-    if (ev.type != GRPC_OP_COMPLETE) {
-        HM_WARN("grace period of %lld ms over with %ld calls in flight: cancelling them",
-                (long long)grace_ms, hm__server_inflight());
-        grpc_server_cancel_all_calls(rt.server);
-        grpc_completion_queue_pluck(rt.shutdown_cq, &shutdown_tag,
-                                    gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    /* The notification comes only once every connection has closed: when no call is left,
+     * cancelling "all calls" closes the idle connections that would otherwise hold it. */
+    bool done = false, cancelled = false;
+    while (!done) {
+        int64_t now = hm_mono_ms();
+        if (now >= until) {
+            HM_WARN("grace period of %lld ms over with %ld calls in flight: cancelling them",
+                    (long long)grace_ms, hm__server_inflight());
+            grpc_server_cancel_all_calls(rt.server);
+            for (int i = 0; i < rt.nworkers; i++)
+                hm_db_abort(rt.workers[i].db); /* handlers blocked in Postgres return */
+            grpc_completion_queue_pluck(rt.shutdown_cq, &shutdown_tag,
+                                        gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            break;
+        }
+        int64_t wait = until - now < STOP_POLL_MS ? until - now : STOP_POLL_MS;
+        gpr_timespec t =
+            gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(wait, GPR_TIMESPAN));
+        done = grpc_completion_queue_pluck(rt.shutdown_cq, &shutdown_tag, t, NULL).type ==
+               GRPC_OP_COMPLETE;
+        if (!done && !cancelled && all_idle()) {
+            grpc_server_cancel_all_calls(rt.server);
+            cancelled = true;
+        }
     }
     atomic_store(&rt.stopping, 1);
     for (int i = 0; i < rt.nworkers; i++)

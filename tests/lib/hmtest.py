@@ -24,8 +24,10 @@ otherwise). It gives a test:
   (grpc-status-details-bin -> google.rpc.Status, ErrorInfo, RequestInfo) and the admin port's
   Prometheus text (metrics()).
 
-Environment knobs besides the test contract: HM_TEST_LOG_DIR (daemon logs; default a temporary
-folder), HM_TEST_PYGEN_DIR (generated modules cache; default under the log dir),
+Environment knobs besides the test contract: HM_TEST_LOG_DIR (daemon logs; default
+<build root>/meson-logs/hmtest with HM_TEST_BUILD_ROOT set, else a temporary folder),
+HM_TEST_PYGEN_DIR (generated modules cache; default <build root>/tests/pygen, else under the
+log dir),
 HM_TEST_SRC_ROOT / HM_TEST_BUILD_ROOT (set by meson), HM_TEST_START_TIMEOUT (seconds a daemon
 may take to become SERVING, default 30), HM_TEST_KEEP_DB=1 (keep databases for debugging).
 """
@@ -99,7 +101,9 @@ class Env:
         self.redis_addr = e["HM_TEST_REDIS_ADDR"]
         self.port_base = int(e["HM_TEST_PORT_BASE"])
         self.port_count = int(e.get("HM_TEST_PORT_COUNT") or 200)
-        self.log_dir = e.get("HM_TEST_LOG_DIR") or e.get("HM_TEST_TMPDIR") or _tmp_log_dir()
+        self.log_dir = e.get("HM_TEST_LOG_DIR") or (
+            os.path.join(e["HM_TEST_BUILD_ROOT"], "meson-logs", "hmtest")
+            if e.get("HM_TEST_BUILD_ROOT") else _tmp_log_dir())
         os.makedirs(self.log_dir, exist_ok=True)
 
     def conninfo(self, dbname):
@@ -257,9 +261,12 @@ def _protoc(args, cwd=None):
 
 
 def _gen_cache_root():
-    d = os.environ.get("HM_TEST_PYGEN_DIR")
+    e = os.environ
+    d = e.get("HM_TEST_PYGEN_DIR")
+    if not d and e.get("HM_TEST_BUILD_ROOT"):
+        d = os.path.join(e["HM_TEST_BUILD_ROOT"], "tests", "pygen")
     if not d:
-        d = os.path.join(os.environ.get("HM_TEST_LOG_DIR") or _tmp_log_dir(), "pygen")
+        d = os.path.join(e.get("HM_TEST_LOG_DIR") or _tmp_log_dir(), "pygen")
     os.makedirs(d, exist_ok=True)
     return d
 
@@ -669,9 +676,19 @@ def dump_logs(stream=sys.stderr, n=80):
 # Running tests
 
 class TestCase(unittest.TestCase):
-    """Base class of the harness' tests (main() prints the daemons' logs on failure)."""
+    """Base class of the harness' tests (main() prints the daemons' logs on failure); notes
+    tests that take more than a second."""
 
     maxDiff = None
+
+    def run(self, result=None):
+        t0 = time.monotonic()
+        try:
+            return super().run(result)
+        finally:
+            dt = time.monotonic() - t0
+            if dt > 1:
+                log("%s took %.1f s" % (self.id(), dt))
 
 
 def main(extra_env=()):

@@ -127,6 +127,13 @@ int hm_db_exec_arena(hm_db_t *db, hm_arena_t *arena, const hm_stmt_t *stmt,
  */
 int hm_db_exec_sql(hm_db_t *db, const char *sql, PGresult **out);
 
+/*
+ * Shutdown: cancels the statement running on the handle (PQcancel) and makes every later
+ * call fail at once with HM_EUNAVAIL. The one function callable from a thread other than the
+ * handle's owner (the runtime calls it when the shutdown grace period is over).
+ */
+void hm_db_abort(hm_db_t *db);
+
 /* SELECT 1: 0, or the error the connection would give a call. */
 int hm_db_ping(hm_db_t *db);
 
