@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hm/auth.h"
 #include "hm/cache.h"
 #include "hm/crypto.h"
 #include "hm/db.h"
@@ -28,6 +29,8 @@
 #define MIGRATE_WAIT_MS 30000 /* how long start-up waits for Postgres */
 
 static hm_common_config_t cfg;
+static hm_auth_config_t auth_cfg;
+static hm_auth_t *auth;   /* verifier of the calls that need credentials */
 static hm_db_t *probe_db; /* main thread's own connection: migrations and readiness */
 
 const hm_common_config_t *hm_config(void)
@@ -37,6 +40,21 @@ const hm_common_config_t *hm_config(void)
 
 void hm__metrics_extra(FILE *out)
 {
+    if (auth) {
+        hm_auth_stats_t a;
+        hm_auth_stats(auth, &a);
+        fprintf(out,
+                "# HELP hm_auth_cache_hits_total Verified tokens served from the cache.\n"
+                "# TYPE hm_auth_cache_hits_total counter\nhm_auth_cache_hits_total %llu\n"
+                "# HELP hm_auth_cache_misses_total Tokens verified (not in the cache).\n"
+                "# TYPE hm_auth_cache_misses_total counter\nhm_auth_cache_misses_total %llu\n"
+                "# HELP hm_auth_failures_total Calls refused as UNAUTHENTICATED.\n"
+                "# TYPE hm_auth_failures_total counter\nhm_auth_failures_total %llu\n"
+                "# HELP hm_auth_denials_total Calls refused as PERMISSION_DENIED.\n"
+                "# TYPE hm_auth_denials_total counter\nhm_auth_denials_total %llu\n",
+                (unsigned long long)a.cache_hits, (unsigned long long)a.cache_misses,
+                (unsigned long long)a.failures, (unsigned long long)a.denials);
+    }
     fprintf(out,
             "# HELP hm_ready 1 while the daemon reports SERVING for readiness.\n"
             "# TYPE hm_ready gauge\nhm_ready %d\n",
@@ -50,6 +68,8 @@ static void usage(FILE *out, const hm_daemon_t *d)
             "environment:\n\n",
             d->name, HM_VERSION, d->description ? d->description : "", d->name);
     hm_config_help(out, hm_common_config_vars, hm_common_config_nvars);
+    fprintf(out, "\nAuthentication:\n");
+    hm_config_help(out, hm_auth_config_vars, hm_auth_config_nvars);
     fprintf(out, "\n%s listens on %s (gRPC) and %s (admin) unless told otherwise.\n", d->name,
             d->default_grpc_addr ? d->default_grpc_addr : "HM_GRPC_ADDR's default",
             d->default_admin_addr ? d->default_admin_addr : "HM_ADMIN_ADDR's default");
@@ -104,6 +124,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
 
     char err[512];
     if (hm_config_load(hm_common_config_vars, hm_common_config_nvars, &cfg, err, sizeof(err)) ||
+        hm_config_load(hm_auth_config_vars, hm_auth_config_nvars, &auth_cfg, err, sizeof(err)) ||
         (d->nconfig_vars &&
          hm_config_load(d->config_vars, d->nconfig_vars, d->config, err, sizeof(err)))) {
         fprintf(stderr, "%s: configuration error: %s\n", d->name, err);
@@ -133,6 +154,14 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         return 2;
     }
 
+    auth = hm_auth_create(&auth_cfg, err, sizeof(err));
+    if (!auth) {
+        fprintf(stderr, "%s: configuration error: %s\n", d->name, err);
+        if (crypto)
+            hm_crypto_destroy(crypto);
+        return 2;
+    }
+
     int status = 1;
     void *app = NULL;
     probe_db = hm_db_create(cfg.database_url, cfg.statement_timeout_ms);
@@ -149,7 +178,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         HM_ERROR("%s", err);
         goto out_grpc;
     }
-    hm__runtime_opts_t opts = {d, &cfg, crypto, app};
+    hm__runtime_opts_t opts = {d, &cfg, crypto, auth, app};
     if (hm__server_start(&opts, err, sizeof(err)) != 0) {
         HM_ERROR("%s", err);
         hm__admin_stop();
@@ -194,5 +223,7 @@ out_db:
     hm_db_destroy(probe_db);
     if (crypto)
         hm_crypto_destroy(crypto);
+    hm_auth_destroy(auth);
+    auth = NULL;
     return status;
 }

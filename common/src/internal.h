@@ -34,6 +34,7 @@ typedef struct hm__runtime_opts {
     const hm_daemon_t *daemon;
     const hm_common_config_t *cfg;
     hm_crypto_t *crypto;
+    struct hm_auth *auth; /* verifier for the methods that are not open */
     void *app;
 } hm__runtime_opts_t;
 

@@ -40,6 +40,7 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "hm/auth.h"
 #include "hm/cache.h"
 #include "hm/db.h"
 #include "hm/log.h"
@@ -163,6 +164,7 @@ static struct runtime {
     const hm_daemon_t *daemon;
     const hm_common_config_t *cfg;
     hm_crypto_t *crypto;
+    hm_auth_t *auth;
     void *app;
     grpc_server *server;
     grpc_completion_queue *shutdown_cq;
@@ -388,8 +390,15 @@ static void access_log(call_impl_t *c, hm_code_t code, int64_t dur_ns)
     unsigned len = 0;
     len += (unsigned)snprintf(fields, sizeof(fields), "\"method\":\"");
     len = hm_json_escape(fields, sizeof(fields), len, c->log_method);
-    snprintf(fields + len, sizeof(fields) - len, "\",\"code\":\"%s\",\"duration_us\":%lld",
-             hm_code_name(code), (long long)(dur_ns / 1000));
+    len += (unsigned)snprintf(fields + len, sizeof(fields) - len,
+                              "\",\"code\":\"%s\",\"duration_us\":%lld", hm_code_name(code),
+                              (long long)(dur_ns / 1000));
+    if (c->pub.principal && len < sizeof(fields) - 16) {
+        len += (unsigned)snprintf(fields + len, sizeof(fields) - len, ",\"subject\":\"");
+        len = hm_json_escape(fields, sizeof(fields), len, c->pub.principal->subject);
+        if (len < sizeof(fields) - 1)
+            fields[len++] = '"', fields[len] = '\0';
+    }
     hm_log_ctx_t lctx = {c->pub.request_id, NULL, NULL};
     hm_log_set_ctx(&lctx);
     hm_log_write(lvl, fields, "call");
@@ -430,6 +439,8 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
     c->pub.worker = w;
     c->pub.request_id = "";
     c->pub.traceparent = NULL;
+    c->pub.principal = NULL;
+    c->pub.end_user = NULL;
     c->pub.deadline_ms = INT64_MAX;
     c->pub.start_ns = hm_mono_ns();
     w->live++;
@@ -882,6 +893,22 @@ static hm_status_t run_handler(hm_worker_t *w, call_impl_t *c, const rt_method_t
     return st;
 }
 
+/* The caller's principal from its credentials; a service caller may name the end user it
+ * acts for (kept for audit, never used for permissions). */
+static hm_status_t authenticate(call_impl_t *c)
+{
+    const hm_principal_t *p = NULL;
+    hm_status_t st =
+        hm_auth_authenticate(rt.auth, &c->pub.arena, metadata_value(c, HM_AUTH_MD_AUTHORIZATION),
+                             metadata_value(c, HM_AUTH_MD_API_KEY), &p);
+    if (!hm_status_ok(st))
+        return st;
+    c->pub.principal = p;
+    if (p->roles & HM_ROLE_SERVICE)
+        c->pub.end_user = metadata_value(c, HM_AUTH_MD_END_USER);
+    return st;
+}
+
 static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
 {
     s->posted = false;
@@ -912,9 +939,16 @@ static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
 
     const ProtobufCMessageDescriptor *req_desc =
         m->builtin ? &grpc__health__v1__health_check_request__descriptor : m->m->request;
+    bool open = m->builtin || m->m->policy.open;
     hm_status_t st = HM_STATUS_OK;
     ProtobufCMessage *req = NULL, *resp = NULL;
-    if (!payload) {
+    /* Authenticate before decoding: anonymous callers cannot make us parse their messages. */
+    if (!open)
+        st = authenticate(c);
+    if (!hm_status_ok(st)) {
+        if (payload)
+            grpc_byte_buffer_destroy(payload);
+    } else if (!payload) {
         /* No message: the client sent none, or cancelled before it arrived. */
         st = (hm_status_t){HM_CODE_INVALID_ARGUMENT, "MALFORMED_REQUEST", "request message missing",
                            NULL};
@@ -942,6 +976,8 @@ static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
     if (hm_status_ok(st) && hm_call_remaining_ms(&c->pub) <= 0)
         st = (hm_status_t){HM_CODE_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
                            "deadline expired before the call was served", NULL};
+    if (hm_status_ok(st) && !open)
+        st = hm_auth_authorize(c->pub.principal, &m->m->policy, req, &c->pub.arena);
     if (hm_status_ok(st))
         st = run_handler(w, c, m, req, &resp);
     hm_log_set_ctx(NULL);
@@ -1106,6 +1142,7 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
     rt.daemon = d;
     rt.cfg = o->cfg;
     rt.crypto = o->crypto;
+    rt.auth = o->auth;
     rt.app = o->app;
     atomic_store(&rt.accepting, 1);
 

@@ -286,7 +286,7 @@ class DrainBlockedCalls(hmtest.TestCase):
         guest = b"0190f5c2-7d1e-7c3b-9c1a-" + os.urandom(6).hex().encode()
         req = b"\x0a" + bytes([len(guest)]) + guest
         try:
-            rpc(req, timeout=5)
+            rpc(req, timeout=5, metadata=hmtest.auth_md())
             baseline = g.StatusCode.OK
         except g.RpcError as e:
             baseline = e.code()
@@ -302,7 +302,8 @@ class DrainBlockedCalls(hmtest.TestCase):
             def run():
                 t0 = time.monotonic()
                 try:
-                    rpc(req, timeout=call_timeout, metadata=[("x-request-id", "blocked-%d" % i)])
+                    rpc(req, timeout=call_timeout,
+                        metadata=[("x-request-id", "blocked-%d" % i)] + hmtest.auth_md())
                     code = g.StatusCode.OK
                 except g.RpcError as e:
                     code = e.code()

@@ -15,7 +15,9 @@ import hmtest  # noqa: E402
 GUEST = "/hospitality.guest.v1.GuestService/"
 
 
-class GuestProfileTest(hmtest.TestCase):
+class GuestdBase(hmtest.TestCase):
+    """One guestd per test class, with helpers; holds no tests itself."""
+
     @classmethod
     def setUpClass(cls):
         hmtest.project_protos()
@@ -27,12 +29,22 @@ class GuestProfileTest(hmtest.TestCase):
         ch = cls.d.channel()
         grpc = hmtest.grpc_mod()
         cls.grpc = grpc
-        cls.create_rpc = ch.unary_unary(GUEST + "CreateGuest",
-                                        request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
-                                        response_deserializer=guest_pb2.CreateGuestResponse.FromString)
-        cls.get_rpc = ch.unary_unary(GUEST + "GetProfile",
-                                     request_serializer=guest_pb2.GetProfileRequest.SerializeToString,
-                                     response_deserializer=guest_pb2.GetProfileResponse.FromString)
+        raw_create = ch.unary_unary(GUEST + "CreateGuest",
+                                    request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
+                                    response_deserializer=guest_pb2.CreateGuestResponse.FromString)
+        raw_get = ch.unary_unary(GUEST + "GetProfile",
+                                 request_serializer=guest_pb2.GetProfileRequest.SerializeToString,
+                                 response_deserializer=guest_pb2.GetProfileResponse.FromString)
+        cls.raw_get = raw_get
+        admin = hmtest.auth_md("staff-tool", roles=("admin",))
+
+        # Calls carry an admin token unless a test passes its own metadata.
+        cls.create_rpc = staticmethod(
+            lambda req, timeout=5, metadata=None: raw_create(req, timeout=timeout,
+                                                             metadata=metadata or admin))
+        cls.get_rpc = staticmethod(
+            lambda req, timeout=5, metadata=None: raw_get(req, timeout=timeout,
+                                                          metadata=metadata or admin))
 
     @classmethod
     def tearDownClass(cls):
@@ -56,6 +68,8 @@ class GuestProfileTest(hmtest.TestCase):
         self.assertEqual(info.metadata["field"], field)
         self.assertTrue(req.request_id)
 
+
+class GuestProfileTest(GuestdBase):
     def test_create_then_get_round_trip(self):
         r = self.create(name="Zoë Brontë", email="  Zoe.B@Example.ORG ", phone="+44 (20) 7946-0958",
                         language="en-GB", time_zone="Europe/London", bio="tea & scones",
@@ -158,6 +172,65 @@ class GuestProfileTest(hmtest.TestCase):
         after = hmtest.metric(self.d.metrics(), "hm_grpc_requests_total",
                               method=GUEST + "GetProfile", code="NOT_FOUND")
         self.assertEqual(after - before, 3)
+
+
+class GuestProfileAuthTest(GuestdBase):
+    """Authentication and authorization on a guest-owned method (issue 3's Done-when lines)."""
+
+    def setUp(self):
+        self.guest = self.create(email="owner-%s@example.com" % hmtest.random_hex(4)).profile
+
+    def get_as(self, md, guest_id=None):
+        return self.get_rpc(self.pb.GetProfileRequest(guest_id=guest_id or self.guest.guest_id),
+                            metadata=md)
+
+    def assert_code(self, code, md, guest_id=None, reason=None):
+        with self.assertRaises(self.grpc.RpcError) as cm:
+            self.get_as(md, guest_id)
+        self.assertEqual(cm.exception.code(), code, cm.exception.details())
+        if reason:
+            _, info, _ = hmtest.error_details(cm.exception)
+            self.assertEqual(info.reason, reason)
+        return cm.exception
+
+    def test_missing_bad_expired_credentials_are_unauthenticated(self):
+        U = self.grpc.StatusCode.UNAUTHENTICATED
+        e = self.assert_code(U, [("x-request-id", "no-token")], reason="UNAUTHENTICATED")
+        self.assertIn("missing credentials", e.details())
+        tok = hmtest.token(self.guest.guest_id, roles=("guest",))
+        forged = tok[:-2] + ("AA" if not tok.endswith("AA") else "BB")
+        self.assertIn("signature", self.assert_code(
+            U, [("authorization", "Bearer " + forged)]).details())
+        self.assertIn("expired", self.assert_code(
+            U, hmtest.auth_md(self.guest.guest_id, roles=("guest",), ttl=-3600)).details())
+        self.assertIn("signature", self.assert_code(
+            U, [("authorization", "Bearer " + hmtest.token("x", secret="another-secret-" * 3))]
+        ).details())
+        self.assert_code(U, [("authorization", "Basic dXNlcjpwYXNz")])
+
+    def test_guest_reads_own_profile_but_not_another(self):
+        own = self.get_as(hmtest.auth_md(self.guest.guest_id, roles=("guest",))).profile
+        self.assertEqual(own.guest_id, self.guest.guest_id)
+        other = self.create(email="other-%s@example.com" % hmtest.random_hex(4)).profile
+        e = self.assert_code(self.grpc.StatusCode.PERMISSION_DENIED,
+                             hmtest.auth_md(self.guest.guest_id, roles=("guest",)),
+                             guest_id=other.guest_id, reason="PERMISSION_DENIED")
+        self.assertIn("guest_id", e.details())
+
+    def test_admin_and_service_may_read_any_profile(self):
+        for roles in (("admin",), ("service",)):
+            p = self.get_as(hmtest.auth_md("caller-" + roles[0], roles=roles)).profile
+            self.assertEqual(p.guest_id, self.guest.guest_id)
+
+    def test_health_needs_no_credentials(self):
+        self.assertEqual(self.d.health().check(), hmtest.SERVING)
+
+    def test_auth_failures_are_counted(self):
+        before = hmtest.metric(self.d.metrics(), "hm_auth_failures_total")
+        for _ in range(2):
+            with self.assertRaises(self.grpc.RpcError):
+                self.get_as([("x-request-id", "anon")])
+        self.assertEqual(hmtest.metric(self.d.metrics(), "hm_auth_failures_total") - before, 2)
 
 
 if __name__ == "__main__":

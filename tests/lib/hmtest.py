@@ -52,6 +52,8 @@ import unittest
 import urllib.request
 
 SKIP = 77  # meson's exit code for a skipped test
+# HS256 secret of every daemon this process starts (tests mint their tokens with it).
+JWT_SECRET = os.urandom(32).hex()
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC_ROOT = os.environ.get("HM_TEST_SRC_ROOT") or os.path.dirname(os.path.dirname(HERE))
@@ -459,6 +461,36 @@ def metric(metrics, name, **labels):
 _daemons = []  # every Daemon started by this process (log tails on failure)
 
 
+def _b64url(b):
+    import base64
+
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def token(sub, roles=("admin",), venues=(), ttl=3600, secret=None, **claims):
+    """An HS256 JWT as the daemons started by this harness accept (HM_JWT_HS256_SECRET =
+    JWT_SECRET): `sub`, `roles`, optional `venues`, `exp` = now + ttl (negative: expired)."""
+    import hashlib
+    import hmac
+    import json
+
+    now = int(time.time())
+    body = {"sub": sub, "roles": list(roles), "iat": now, "exp": now + ttl}
+    if venues:
+        body["venues"] = list(venues)
+    body.update(claims)
+    head = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = _b64url(json.dumps(body).encode())
+    key = (secret or JWT_SECRET).encode()
+    sig = hmac.new(key, ("%s.%s" % (head, payload)).encode(), hashlib.sha256).digest()
+    return "%s.%s.%s" % (head, payload, _b64url(sig))
+
+
+def auth_md(sub="test-admin", roles=("admin",), **kw):
+    """Request metadata carrying a token (for grpc: metadata=auth_md(...))."""
+    return [("authorization", "Bearer " + token(sub, roles, **kw))]
+
+
 def random_hex(nbytes=32):
     return os.urandom(nbytes).hex()
 
@@ -518,6 +550,7 @@ class Daemon:
             "HM_SHUTDOWN_GRACE": self.grace,
             "HM_PII_KEYS": "k1:" + random_hex(),
             "HM_PII_INDEX_KEY": random_hex(),
+            "HM_JWT_HS256_SECRET": JWT_SECRET,
         })
         env.update(self.extra_env)
         return env

@@ -29,6 +29,7 @@ typedef struct hm_crypto hm_crypto_t;
 typedef struct hm_migration hm_migration_t;
 typedef struct hm_worker hm_worker_t;
 typedef struct hm_call hm_call_t;
+typedef struct hm_principal hm_principal_t;
 
 /* Roles a principal may hold (bit set), for method policies. */
 enum {
@@ -77,17 +78,21 @@ typedef struct hm_service {
  * read-only for handlers except the arena (allocate from it freely).
  */
 struct hm_call {
-    hm_arena_t arena;          /* freed when the call ends; use for all call memory */
-    const hm_method_t *method; /* the method being served */
-    hm_db_t *db;               /* this worker's Postgres connection (NULL: no database) */
-    hm_cache_t *cache;         /* this worker's Redis connection (may be disabled) */
-    hm_crypto_t *crypto;       /* process keyring for PII (NULL when not configured) */
-    void *app;                 /* the daemon's state (hm_daemon_t.app) */
-    const char *request_id;    /* from x-request-id or generated; sent back in metadata */
-    const char *traceparent;   /* incoming W3C traceparent, or NULL */
-    int64_t deadline_ms;       /* CLOCK_MONOTONIC ms; INT64_MAX when the client set none */
-    int64_t start_ns;          /* CLOCK_MONOTONIC ns when the call started */
-    hm_worker_t *worker;       /* owning worker (runtime-internal) */
+    hm_arena_t arena;                /* freed when the call ends; use for all call memory */
+    const hm_method_t *method;       /* the method being served */
+    hm_db_t *db;                     /* this worker's Postgres connection (NULL: no database) */
+    hm_cache_t *cache;               /* this worker's Redis connection (may be disabled) */
+    hm_crypto_t *crypto;             /* process keyring for PII (NULL when not configured) */
+    void *app;                       /* the daemon's state (hm_daemon_t.app) */
+    const char *request_id;          /* from x-request-id or generated; sent back in metadata */
+    const char *traceparent;         /* incoming W3C traceparent, or NULL */
+    const hm_principal_t *principal; /* the authenticated caller (hm/auth.h); NULL on open
+                                        methods */
+    const char *end_user;            /* x-hm-end-user from a service caller: for audit only, never
+                                        authority; NULL otherwise */
+    int64_t deadline_ms;             /* CLOCK_MONOTONIC ms; INT64_MAX when the client set none */
+    int64_t start_ns;                /* CLOCK_MONOTONIC ns when the call started */
+    hm_worker_t *worker;             /* owning worker (runtime-internal) */
 };
 
 /* Milliseconds left before the call's deadline (INT64_MAX without one; <= 0 when expired). */
