@@ -233,9 +233,18 @@ hm_status_t hm_client_unary(hm_client_t *client, const char *target, const char 
 
     grpc_metadata md[MAX_METADATA];
     size_t nmd = 0;
-    if (opts->parent && opts->parent->traceparent) {
-        md[nmd].key = grpc_slice_from_static_string("traceparent");
-        md[nmd++].value = grpc_slice_from_static_string(opts->parent->traceparent);
+    /* One CLIENT span per call (all attempts), child of the call being served. */
+    hm_span_t span;
+    char traceparent[HM_TRACEPARENT_LEN + 1];
+    hm_trace_start_client(hm_tracer(), opts->parent ? opts->parent->span : NULL, method + 1, &span);
+    if (hm_span_recording(hm_tracer(), &span))
+        hm_span_set_rpc(&span, method);
+    hm_trace_child_traceparent(&span, traceparent);
+    md[nmd].key = grpc_slice_from_static_string("traceparent");
+    md[nmd++].value = grpc_slice_from_static_string(traceparent);
+    if (hm_span_tracestate(&span)) {
+        md[nmd].key = grpc_slice_from_static_string("tracestate");
+        md[nmd++].value = grpc_slice_from_static_string(hm_span_tracestate(&span));
     }
     if (opts->parent && opts->parent->request_id) {
         md[nmd].key = grpc_slice_from_static_string("x-request-id");
@@ -270,5 +279,10 @@ hm_status_t hm_client_unary(hm_client_t *client, const char *target, const char 
         sleep_ms(wait);
     }
     grpc_slice_unref(payload);
+    if (hm_span_recording(hm_tracer(), &span)) {
+        hm_span_set_attr_str(&span, "server.address", target);
+        hm_span_set_grpc_status(&span, st.code, st.message);
+    }
+    hm_trace_end(hm_tracer(), &span);
     return st;
 }

@@ -27,15 +27,23 @@
 #include "internal.h"
 
 #define MIGRATE_WAIT_MS 30000 /* how long start-up waits for Postgres */
+#define TRACE_FLUSH_MS  3000  /* how long shutdown waits for queued spans to be exported */
 
 static hm_common_config_t cfg;
 static hm_auth_config_t auth_cfg;
-static hm_auth_t *auth;   /* verifier of the calls that need credentials */
-static hm_db_t *probe_db; /* main thread's own connection: migrations and readiness */
+static hm_auth_t *auth; /* verifier of the calls that need credentials */
+static hm_trace_config_t trace_cfg;
+static hm_tracer_t *tracer; /* created after the signal mask, destroyed after the admin port */
+static hm_db_t *probe_db;   /* main thread's own connection: migrations and readiness */
 
 const hm_common_config_t *hm_config(void)
 {
     return &cfg;
+}
+
+hm_tracer_t *hm_tracer(void)
+{
+    return tracer;
 }
 
 void hm__metrics_extra(FILE *out)
@@ -59,6 +67,7 @@ void hm__metrics_extra(FILE *out)
             "# HELP hm_ready 1 while the daemon reports SERVING for readiness.\n"
             "# TYPE hm_ready gauge\nhm_ready %d\n",
             hm__health_ready() ? 1 : 0);
+    hm_tracer_metrics(tracer, out);
 }
 
 static void usage(FILE *out, const hm_daemon_t *d)
@@ -70,6 +79,8 @@ static void usage(FILE *out, const hm_daemon_t *d)
     hm_config_help(out, hm_common_config_vars, hm_common_config_nvars);
     fprintf(out, "\nAuthentication:\n");
     hm_config_help(out, hm_auth_config_vars, hm_auth_config_nvars);
+    fprintf(out, "\nTracing:\n");
+    hm_config_help(out, hm_trace_config_vars, hm_trace_config_nvars);
     fprintf(out, "\n%s listens on %s (gRPC) and %s (admin) unless told otherwise.\n", d->name,
             d->default_grpc_addr ? d->default_grpc_addr : "HM_GRPC_ADDR's default",
             d->default_admin_addr ? d->default_admin_addr : "HM_ADMIN_ADDR's default");
@@ -125,6 +136,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
     char err[512];
     if (hm_config_load(hm_common_config_vars, hm_common_config_nvars, &cfg, err, sizeof(err)) ||
         hm_config_load(hm_auth_config_vars, hm_auth_config_nvars, &auth_cfg, err, sizeof(err)) ||
+        hm_config_load(hm_trace_config_vars, hm_trace_config_nvars, &trace_cfg, err, sizeof(err)) ||
         (d->nconfig_vars &&
          hm_config_load(d->config_vars, d->nconfig_vars, d->config, err, sizeof(err)))) {
         fprintf(stderr, "%s: configuration error: %s\n", d->name, err);
@@ -155,8 +167,11 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
     }
 
     auth = hm_auth_create(&auth_cfg, err, sizeof(err));
-    if (!auth) {
+    /* After the signal mask: the exporter thread must not take SIGTERM. */
+    tracer = auth ? hm_tracer_create(&trace_cfg, d->name, err, sizeof(err)) : NULL;
+    if (!auth || !tracer) {
         fprintf(stderr, "%s: configuration error: %s\n", d->name, err);
+        hm_auth_destroy(auth);
         if (crypto)
             hm_crypto_destroy(crypto);
         return 2;
@@ -178,7 +193,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         HM_ERROR("%s", err);
         goto out_grpc;
     }
-    hm__runtime_opts_t opts = {d, &cfg, crypto, auth, app};
+    hm__runtime_opts_t opts = {d, &cfg, crypto, auth, app, tracer};
     if (hm__server_start(&opts, err, sizeof(err)) != 0) {
         HM_ERROR("%s", err);
         hm__admin_stop();
@@ -212,6 +227,8 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
     hm__health_update(db_ok, true, true);
     if (d->fini)
         d->fini(app);
+    if (hm_tracer_flush(tracer, TRACE_FLUSH_MS) != 0)
+        HM_WARN("tracing: spans still queued after %d ms", TRACE_FLUSH_MS);
     hm__admin_stop();
     hm__server_release();
     HM_INFO("stopped cleanly");
@@ -225,5 +242,7 @@ out_db:
         hm_crypto_destroy(crypto);
     hm_auth_destroy(auth);
     auth = NULL;
+    hm_tracer_destroy(tracer);
+    tracer = NULL;
     return status;
 }

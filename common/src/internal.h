@@ -36,6 +36,7 @@ typedef struct hm__runtime_opts {
     hm_crypto_t *crypto;
     struct hm_auth *auth; /* verifier for the methods that are not open */
     void *app;
+    hm_tracer_t *tracer; /* spans of calls; owned by daemon.c */
 } hm__runtime_opts_t;
 
 int hm__server_start(const hm__runtime_opts_t *opts, char *err, size_t errlen);

@@ -132,6 +132,8 @@ typedef struct call_impl {
     bool closed;            /* RECV_CLOSE_ON_SERVER completed: the call is over */
     struct call_impl *next; /* Watch list or free list */
     char request_id[48];
+    bool traced;    /* span started: end it in call_done */
+    hm_span_t span; /* the server span; ids also in the log context */
 } call_impl_t;
 
 struct hm_worker {
@@ -178,6 +180,7 @@ static struct runtime {
     atomic_int draining;        /* health NOT_SERVING, Watch streams end, drain posts */
     atomic_int stopping;        /* server shut down: workers exit once idle */
     atomic_int watches;         /* live Watch streams, all workers */
+    hm_tracer_t *tracer;        /* set before workers start */
 } rt = {.post_lock = PTHREAD_RWLOCK_INITIALIZER};
 
 /* ---- time and randomness ---- */
@@ -399,7 +402,8 @@ static void access_log(call_impl_t *c, hm_code_t code, int64_t dur_ns)
         if (len < sizeof(fields) - 1)
             fields[len++] = '"', fields[len] = '\0';
     }
-    hm_log_ctx_t lctx = {c->pub.request_id, NULL, NULL};
+    hm_log_ctx_t lctx = {c->pub.request_id, c->traced ? c->span.trace_id : NULL,
+                         c->traced ? c->span.span_id : NULL};
     hm_log_set_ctx(&lctx);
     hm_log_write(lvl, fields, "call");
     hm_log_set_ctx(NULL);
@@ -441,6 +445,8 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
     c->pub.traceparent = NULL;
     c->pub.principal = NULL;
     c->pub.end_user = NULL;
+    c->pub.span = NULL;
+    c->traced = false;
     c->pub.deadline_ms = INT64_MAX;
     c->pub.start_ns = hm_mono_ns();
     w->live++;
@@ -457,6 +463,15 @@ static void call_done(hm_worker_t *w, call_impl_t *c)
         code = hm_call_remaining_ms(&c->pub) <= 0 ? HM_CODE_DEADLINE_EXCEEDED : HM_CODE_CANCELLED;
     count_call(w, c->method, code, c->watch_name ? -1 : dur);
     access_log(c, code, dur);
+    if (c->traced) {
+        if (hm_span_recording(rt.tracer, &c->span)) {
+            if (code != c->code)
+                hm_span_set_grpc_status(&c->span, code, NULL);
+            hm_span_set_grpc_peer(&c->span, hm_call_peer(&c->pub));
+        }
+        hm_trace_end(rt.tracer, &c->span);
+        c->traced = false;
+    }
 }
 
 static void call_free(hm_worker_t *w, call_impl_t *c)
@@ -674,6 +689,8 @@ static void send_final(hm_worker_t *w, call_impl_t *c, hm_status_t st, grpc_byte
     ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
     n++;
     c->code = st.code;
+    if (c->traced && hm_span_recording(rt.tracer, &c->span))
+        hm_span_set_grpc_status(&c->span, st.code, st.message);
     c->refs++;
     grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->done, NULL);
     if (e != GRPC_CALL_OK) {
@@ -933,8 +950,18 @@ static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
     set_deadline(c, s->deadline);
     set_request_id(w, c);
     c->pub.traceparent = metadata_value(c, "traceparent");
+    /* Health probes get a span only when the caller asked for one (a traceparent). */
+    if (!m->builtin || c->pub.traceparent) {
+        hm_trace_start_server(rt.tracer, c->pub.traceparent, metadata_value(c, "tracestate"),
+                              c->log_method + 1, &c->span);
+        if (hm_span_recording(rt.tracer, &c->span))
+            hm_span_set_rpc(&c->span, c->log_method);
+        c->traced = true;
+        c->pub.span = &c->span;
+    }
 
-    hm_log_ctx_t lctx = {c->pub.request_id, NULL, NULL};
+    hm_log_ctx_t lctx = {c->pub.request_id, c->traced ? c->span.trace_id : NULL,
+                         c->traced ? c->span.span_id : NULL};
     hm_log_set_ctx(&lctx);
 
     const ProtobufCMessageDescriptor *req_desc =
@@ -1141,6 +1168,7 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
     const hm_daemon_t *d = o->daemon;
     rt.daemon = d;
     rt.cfg = o->cfg;
+    rt.tracer = o->tracer;
     rt.crypto = o->crypto;
     rt.auth = o->auth;
     rt.app = o->app;

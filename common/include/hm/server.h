@@ -22,6 +22,7 @@
 #include "hm/arena.h"
 #include "hm/config.h"
 #include "hm/err.h"
+#include "hm/trace.h"
 
 typedef struct hm_db hm_db_t;
 typedef struct hm_cache hm_cache_t;
@@ -86,6 +87,7 @@ struct hm_call {
     void *app;                       /* the daemon's state (hm_daemon_t.app) */
     const char *request_id;          /* from x-request-id or generated; sent back in metadata */
     const char *traceparent;         /* incoming W3C traceparent, or NULL */
+    const hm_span_t *span;           /* the call's server span (log ids, parent of client spans) */
     const hm_principal_t *principal; /* the authenticated caller (hm/auth.h); NULL on open
                                         methods */
     const char *end_user;            /* x-hm-end-user from a service caller: for audit only, never
@@ -153,5 +155,8 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *daemon);
 
 /* The process's common configuration (valid inside hm_daemon_main). */
 const hm_common_config_t *hm_config(void);
+
+/* The process's tracer (NULL outside hm_daemon_main). */
+hm_tracer_t *hm_tracer(void);
 
 #endif
