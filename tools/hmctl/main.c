@@ -5,6 +5,7 @@
  *                                        grpc.health.v1 Check; exit 0 when SERVING
  *                                        (retries UNAVAILABLE up to N attempts)
  *   hmctl token --sub ID --role ROLE ...  a development HS256 token (HM_JWT_HS256_SECRET)
+ *   hmctl events streams|dlq|replay ...  streams, dead letters and replays (HM_REDIS_ADDR)
  *   hmctl migrate status|up|down N --service NAME
  *                                        schema migrations of one daemon's database
  *                                        (HM_DATABASE_URL names the database)
@@ -17,6 +18,7 @@
 #include "hm/client.h"
 #include "hm/db.h"
 #include "hm/migrate.h"
+#include "events.h"
 #include "token.h"
 
 #define MIGRATIONS(d)                                                                              \
@@ -49,7 +51,9 @@ static int usage(void)
         "usage: hmctl health ADDR [SERVICE] [--timeout MS] [--attempts N]\n"
         "       hmctl migrate status|up|down VERSION --service NAME   (HM_DATABASE_URL)\n"
         "       hmctl token --sub ID --role guest|staff|admin|service [--venue V]... [--ttl 1h]\n"
-        "                   [--kid K] [--iss ISS] [--aud AUD]     (HM_JWT_HS256_SECRET)\n");
+        "                   [--kid K] [--iss ISS] [--aud AUD]     (HM_JWT_HS256_SECRET)\n"
+        "       hmctl events streams | dlq list [--daemon D] | dlq requeue ID|--all --daemon D\n"
+        "                    | replay --daemon D --stream S --from ID|TIME  (HM_REDIS_ADDR)\n");
     return 2;
 }
 
@@ -147,5 +151,7 @@ int main(int argc, char **argv)
         return cmd_migrate(argc - 2, argv + 2);
     if (strcmp(argv[1], "token") == 0)
         return hmctl_token(argc - 2, argv + 2);
+    if (strcmp(argv[1], "events") == 0)
+        return hmctl_events(argc - 2, argv + 2);
     return usage();
 }
