@@ -24,6 +24,8 @@
 #include "hm/db.h"
 #include "hm/log.h"
 #include "hm/migrate.h"
+#include "hm/events.h"
+#include "hm/outbox.h"
 #include "internal.h"
 
 #define MIGRATE_WAIT_MS 30000 /* how long start-up waits for Postgres */
@@ -34,11 +36,17 @@ static hm_auth_config_t auth_cfg;
 static hm_auth_t *auth; /* verifier of the calls that need credentials */
 static hm_trace_config_t trace_cfg;
 static hm_tracer_t *tracer; /* created after the signal mask, destroyed after the admin port */
+static hm_relay_t *relay;   /* outbox relay; NULL with HM_CONSUMERS=off or no Redis */
 static hm_db_t *probe_db;   /* main thread's own connection: migrations and readiness */
 
 const hm_common_config_t *hm_config(void)
 {
     return &cfg;
+}
+
+hm_relay_t *hm_relay(void)
+{
+    return relay;
 }
 
 hm_tracer_t *hm_tracer(void)
@@ -48,6 +56,27 @@ hm_tracer_t *hm_tracer(void)
 
 void hm__metrics_extra(FILE *out)
 {
+    if (relay) {
+        hm_relay_stats_t r;
+        hm_relay_stats(relay, &r);
+        fprintf(
+            out,
+            "# HELP hm_outbox_pending Outbox rows not yet published (at the last count).\n"
+            "# TYPE hm_outbox_pending gauge\nhm_outbox_pending %lld\n"
+            "# HELP hm_outbox_oldest_pending_seconds Age of the oldest unpublished row.\n"
+            "# TYPE hm_outbox_oldest_pending_seconds gauge\n"
+            "hm_outbox_oldest_pending_seconds %.3f\n"
+            "# HELP hm_outbox_redis_errors_total Publish attempts that failed for want of Redis.\n"
+            "# TYPE hm_outbox_redis_errors_total counter\nhm_outbox_redis_errors_total %llu\n"
+            "# HELP hm_events_published_total Events moved from the outbox to Redis Streams.\n"
+            "# TYPE hm_events_published_total counter\n",
+            (long long)r.pending, (double)r.oldest_ms / 1000.0, (unsigned long long)r.redis_errors);
+        for (size_t i = 0; i <= hm_event_ntypes; i++)
+            if (r.published_by_type[i])
+                fprintf(out, "hm_events_published_total{type=\"%s\"} %llu\n",
+                        i < hm_event_ntypes ? hm_event_types[i].type : "unknown",
+                        (unsigned long long)r.published_by_type[i]);
+    }
     if (auth) {
         hm_auth_stats_t a;
         hm_auth_stats(auth, &a);
@@ -187,6 +216,18 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         goto out_db;
     }
 
+    if (cfg.consumers && cfg.redis_addr && *cfg.redis_addr) {
+        hm_relay_config_t rc = {.name = d->name,
+                                .database_url = cfg.database_url,
+                                .redis_addr = cfg.redis_addr,
+                                .redis_timeout_ms = cfg.redis_timeout_ms,
+                                .statement_timeout_ms = cfg.statement_timeout_ms};
+        relay = hm_relay_start(&rc);
+    } else {
+        HM_INFO("no outbox relay or consumers in this replica (%s)",
+                cfg.consumers ? "HM_REDIS_ADDR is empty" : "HM_CONSUMERS=off");
+    }
+
     grpc_init();
     hm__health_init(d->services, d->nservices);
     if (hm__admin_start(cfg.admin_addr, err, sizeof(err)) != 0) {
@@ -225,6 +266,8 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         sleep_ms(cfg.shutdown_delay_ms);
     hm__server_stop(cfg.shutdown_grace_ms);
     hm__health_update(db_ok, true, true);
+    hm_relay_stop(relay); /* after the drain: in-flight calls' events get published */
+    relay = NULL;
     if (d->fini)
         d->fini(app);
     if (hm_tracer_flush(tracer, TRACE_FLUSH_MS) != 0)
@@ -234,6 +277,8 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
     HM_INFO("stopped cleanly");
     status = 0;
 out_grpc:
+    hm_relay_stop(relay); /* start-up failed after it started; NULL otherwise */
+    relay = NULL;
     hm__health_deinit();
     grpc_shutdown();
 out_db:

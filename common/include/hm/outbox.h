@@ -88,6 +88,10 @@ void hm_relay_kick(hm_relay_t *relay);
  */
 void hm_relay_stop(hm_relay_t *relay);
 
+/* The daemon's own relay (started by hm_daemon_main unless HM_CONSUMERS=off or Redis is not
+ * configured), for handlers to kick after a commit; NULL when there is none. */
+hm_relay_t *hm_relay(void);
+
 /* Snapshot of the counters; callable from any thread while the relay runs. */
 void hm_relay_stats(const hm_relay_t *relay, hm_relay_stats_t *out);
 
