@@ -50,6 +50,7 @@
 #include <openssl/pem.h>
 
 #include "hm/auth.h"
+#include "hm/id.h"
 #include "hm/log.h"
 
 #define SHA256_LEN    32
@@ -233,30 +234,6 @@ static unsigned role_parse_n(const char *s, size_t n)
 static bool empty(const char *s)
 {
     return s == NULL || s[0] == '\0';
-}
-
-static bool name_ok(const char *s, size_t n, size_t max)
-{
-    if (n == 0 || n > max)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-
-        if (!isalnum(ch) && ch != '.' && ch != '_' && ch != '-')
-            return false;
-    }
-    return true;
-}
-
-/* s[0..*n) without surrounding white space. */
-static void trim(const char **s, size_t *n)
-{
-    while (*n > 0 && isspace((unsigned char)(*s)[0])) {
-        (*s)++;
-        (*n)--;
-    }
-    while (*n > 0 && isspace((unsigned char)(*s)[*n - 1]))
-        (*n)--;
 }
 
 static char *xstrndup(const char *s, size_t n)
@@ -1127,9 +1104,9 @@ static int parse_public_keys(hm_auth_t *auth, const char *spec, char *err, size_
         klen = (size_t)(eq - kid);
         path = eq + 1;
         plen = n - klen - 1;
-        trim(&kid, &klen);
-        trim(&path, &plen);
-        if (!name_ok(kid, klen, KID_MAX)) {
+        hm_str_trim(&kid, &klen);
+        hm_str_trim(&path, &plen);
+        if (!hm_str_is_token(kid, klen, KID_MAX)) {
             snprintf(err, errlen,
                      "HM_JWT_PUBLIC_KEYS: entry %zu: key id must be 1 to %d of A-Z a-z 0-9 . _ -",
                      entry + 1, KID_MAX);
@@ -1178,7 +1155,7 @@ static int parse_api_key(hm_auth_t *auth, api_key_t *k, const char *s, size_t n,
         }
         parts[np] = p;
         lens[np] = colon != NULL ? (size_t)(colon - p) : (size_t)(end - p);
-        trim(&parts[np], &lens[np]);
+        hm_str_trim(&parts[np], &lens[np]);
         np++;
         if (colon == NULL)
             break;
@@ -1188,7 +1165,7 @@ static int parse_api_key(hm_auth_t *auth, api_key_t *k, const char *s, size_t n,
         snprintf(err, errlen, "HM_API_KEYS: entry %zu: want name:sha256hex:roles[:venues]", entry);
         return HM_EINVAL;
     }
-    if (!name_ok(parts[0], lens[0], KEYNAME_MAX)) {
+    if (!hm_str_is_token(parts[0], lens[0], KEYNAME_MAX)) {
         snprintf(err, errlen, "HM_API_KEYS: entry %zu: name must be 1 to %d of A-Z a-z 0-9 . _ -",
                  entry, KEYNAME_MAX);
         return HM_EINVAL;
@@ -1232,7 +1209,7 @@ static int parse_api_key(hm_auth_t *auth, api_key_t *k, const char *s, size_t n,
             size_t vl = bar != NULL ? (size_t)(bar - v) : (size_t)(vend - v);
             const char *id = v;
 
-            trim(&id, &vl);
+            hm_str_trim(&id, &vl);
             if (vl == 0 || pr.nvenues == sizeof venues / sizeof venues[0]) {
                 snprintf(err, errlen,
                          "HM_API_KEYS: entry %zu: venues must be 1 to 256 non-empty ids joined "

@@ -26,6 +26,7 @@
 
 #include "hm/arena.h"
 #include "hm/consul.h"
+#include "hm/id.h"
 #include "hm/err.h"
 #include "hm/log.h"
 #include "hm/server.h"
@@ -129,17 +130,7 @@ struct hm_consul {
 
 static bool name_ok(const char *s)
 {
-    size_t n = 0;
-
-    if (s == NULL)
-        return false;
-    for (; s[n] != '\0'; n++) {
-        char ch = s[n];
-
-        if (!isalnum((unsigned char)ch) && ch != '-' && ch != '_' && ch != '.')
-            return false;
-    }
-    return n > 0 && n <= HM_CONSUL_NAME_MAX;
+    return s != NULL && hm_str_is_token(s, strlen(s), HM_CONSUL_NAME_MAX);
 }
 
 /* Printable ASCII, no spaces (Consul recommends DNS labels; JSON needs valid UTF-8). */

@@ -20,6 +20,7 @@
 #include <openssl/rand.h>
 
 #include "hm/crypto.h"
+#include "hm/id.h"
 #include "hm/err.h"
 #include "hm/log.h"
 
@@ -65,30 +66,6 @@ static int parse_key(const char *s, size_t n, unsigned char out[KEY_LEN])
     return 0;
 }
 
-static bool kid_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > HM_CRYPTO_KID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-
-        if (!isalnum(ch) && ch != '.' && ch != '_' && ch != '-')
-            return false;
-    }
-    return true;
-}
-
-/* s[0..n) without surrounding spaces. */
-static void trim(const char **s, size_t *n)
-{
-    while (*n > 0 && isspace((unsigned char)(*s)[0])) {
-        (*s)++;
-        (*n)--;
-    }
-    while (*n > 0 && isspace((unsigned char)(*s)[*n - 1]))
-        (*n)--;
-}
-
 void hm_crypto_destroy(hm_crypto_t *c)
 {
     if (c == NULL)
@@ -131,7 +108,7 @@ hm_crypto_t *hm_crypto_create(const char *keys, const char *index_key, char *err
         size_t klen, hlen;
         crypto_key_t *k = &c->keys[c->nkeys];
 
-        trim(&kid, &n);
+        hm_str_trim(&kid, &n);
         if (colon == NULL) {
             snprintf(err, errlen, "HM_PII_KEYS: entry %zu: want kid:<64 hex digits>", entry + 1);
             goto fail;
@@ -139,9 +116,9 @@ hm_crypto_t *hm_crypto_create(const char *keys, const char *index_key, char *err
         klen = (size_t)(colon - kid);
         hex = colon + 1;
         hlen = n - klen - 1;
-        trim(&kid, &klen);
-        trim(&hex, &hlen);
-        if (!kid_ok(kid, klen)) {
+        hm_str_trim(&kid, &klen);
+        hm_str_trim(&hex, &hlen);
+        if (!hm_str_is_token(kid, klen, HM_CRYPTO_KID_MAX)) {
             snprintf(err, errlen,
                      "HM_PII_KEYS: entry %zu: key id must be 1 to %d of A-Z a-z 0-9 . _ -",
                      entry + 1, HM_CRYPTO_KID_MAX);
@@ -171,7 +148,7 @@ hm_crypto_t *hm_crypto_create(const char *keys, const char *index_key, char *err
         size_t n = strlen(index_key);
         const char *s = index_key;
 
-        trim(&s, &n);
+        hm_str_trim(&s, &n);
         if (parse_key(s, n, c->index_key) != 0) {
             snprintf(err, errlen, "HM_PII_INDEX_KEY: must be 64 hex digits");
             goto fail;
@@ -355,7 +332,7 @@ int hm_crypto_normalize_email(hm_arena_t *arena, const char *in, char **out)
     char *r;
 
     *out = NULL;
-    trim(&s, &n);
+    hm_str_trim(&s, &n);
     if (n == 0)
         return HM_EINVAL;
     at = memchr(s, '@', n);
@@ -381,7 +358,7 @@ int hm_crypto_normalize_phone(hm_arena_t *arena, const char *in, char **out)
     char *r;
 
     *out = NULL;
-    trim(&s, &n);
+    hm_str_trim(&s, &n);
     if (n == 0)
         return HM_EINVAL;
     r = hm_arena_alloc(arena, n + 1);

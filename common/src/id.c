@@ -3,6 +3,7 @@
  */
 #include "hm/id.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -115,4 +116,26 @@ Google__Protobuf__Timestamp *hm_timestamp_from_us(hm_arena_t *arena, int64_t us)
 int64_t hm_timestamp_to_us(const Google__Protobuf__Timestamp *ts)
 {
     return ts ? ts->seconds * 1000000 + ts->nanos / 1000 : 0;
+}
+
+void hm_str_trim(const char **s, size_t *n)
+{
+    while (*n > 0 && isspace((unsigned char)(*s)[0])) {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n > 0 && isspace((unsigned char)(*s)[*n - 1]))
+        (*n)--;
+}
+
+bool hm_str_is_token(const char *s, size_t n, size_t max)
+{
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!isalnum(ch) && ch != '.' && ch != '_' && ch != '-')
+            return false;
+    }
+    return true;
 }

@@ -26,6 +26,12 @@ bool hm_utf8_valid(const char *s);
 /* Number of code points of a valid UTF-8 string. */
 size_t hm_utf8_len(const char *s);
 
+/* Narrows s[0..*n) to exclude leading and trailing white space (no copy). */
+void hm_str_trim(const char **s, size_t *n);
+
+/* True when s[0..n) is 1..max characters of [A-Za-z0-9._-]: names, key ids, service names. */
+bool hm_str_is_token(const char *s, size_t n, size_t max);
+
 typedef struct Google__Protobuf__Timestamp Google__Protobuf__Timestamp;
 typedef struct hm_arena hm_arena_t;
 
