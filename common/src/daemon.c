@@ -19,13 +19,17 @@
 #include <unistd.h>
 
 #include "hm/auth.h"
+#include "hm/bus.h"
 #include "hm/cache.h"
+#include "hm/client.h"
+#include "hm/consul.h"
 #include "hm/crypto.h"
 #include "hm/db.h"
 #include "hm/log.h"
 #include "hm/migrate.h"
 #include "hm/events.h"
 #include "hm/outbox.h"
+#include "hm/suppress.h"
 #include "internal.h"
 
 #define MIGRATE_WAIT_MS 30000 /* how long start-up waits for Postgres */
@@ -38,6 +42,14 @@ static hm_trace_config_t trace_cfg;
 static hm_tracer_t *tracer; /* created after the signal mask, destroyed after the admin port */
 static hm_relay_t *relay;   /* outbox relay; NULL with HM_CONSUMERS=off or no Redis */
 static hm_db_t *probe_db;   /* main thread's own connection: migrations and readiness */
+static const char *daemon_name;
+static hm_client_t *client;        /* peer calls (hm/peer.h) */
+static hm_consul_t *consul;        /* service discovery; NULL without Consul */
+static hm_consumer_t *consumer;    /* the daemon's event consumer, if it declares one */
+static hm_cache_t *suppress_cache; /* the consumer thread's connection for the suppression list */
+static hm__tasks_t *tasks;         /* periodic jobs */
+static const hm_daemon_consumer_t *consumer_decl;
+static void *consumer_app;
 
 const hm_common_config_t *hm_config(void)
 {
@@ -52,6 +64,107 @@ hm_relay_t *hm_relay(void)
 hm_tracer_t *hm_tracer(void)
 {
     return tracer;
+}
+
+const char *hm_daemon_name(void)
+{
+    return daemon_name;
+}
+
+hm_client_t *hm__client(void)
+{
+    return client;
+}
+
+hm_consul_t *hm__consul(void)
+{
+    return consul;
+}
+
+hm_auth_t *hm__auth(void)
+{
+    return auth;
+}
+
+/* The consumer's hooks: the daemon's handler with its app, and the suppression list. */
+static int consume(hm_db_t *db, hm_arena_t *arena, const Hospitality__Events__V1__Event *env,
+                   const ProtobufCMessage *payload, void *user)
+{
+    (void)user;
+    return consumer_decl->handle(db, arena, env, payload, consumer_app);
+}
+
+static bool suppressed(const char *subject, void *user)
+{
+    (void)user;
+    return hm_subject_suppressed(suppress_cache, subject);
+}
+
+static void start_background(const hm_daemon_t *d, void *app)
+{
+    hm_relay_config_t rc = {.name = d->name,
+                            .database_url = cfg.database_url,
+                            .redis_addr = cfg.redis_addr,
+                            .redis_timeout_ms = cfg.redis_timeout_ms,
+                            .statement_timeout_ms = cfg.statement_timeout_ms};
+    relay = hm_relay_start(&rc);
+    if (d->consumer) {
+        consumer_decl = d->consumer;
+        consumer_app = app;
+        suppress_cache = hm_cache_create(cfg.redis_addr, cfg.redis_timeout_ms);
+        hm_consumer_config_t cc = {.daemon = d->name,
+                                   .database_url = cfg.database_url,
+                                   .redis_addr = cfg.redis_addr,
+                                   .redis_timeout_ms = cfg.redis_timeout_ms,
+                                   .statement_timeout_ms = cfg.statement_timeout_ms,
+                                   .streams = d->consumer->streams,
+                                   .nstreams = d->consumer->nstreams,
+                                   .types = d->consumer->types,
+                                   .ntypes = d->consumer->ntypes,
+                                   .handle = consume,
+                                   .suppressed = suppressed,
+                                   .from_start = d->consumer->from_start};
+        consumer = hm_consumer_start(&cc);
+    }
+    tasks = hm__tasks_start(d->tasks, d->ntasks, &cfg, app);
+}
+
+static void stop_background(void)
+{
+    hm__tasks_stop(tasks);
+    tasks = NULL;
+    hm_consumer_stop(consumer);
+    consumer = NULL;
+    hm_cache_destroy(suppress_cache);
+    suppress_cache = NULL;
+    hm_relay_stop(relay); /* last: events the others published get out */
+    relay = NULL;
+}
+
+static void consumer_metrics(FILE *out)
+{
+    hm_consumer_stats_t c;
+    if (!consumer)
+        return;
+    hm_consumer_stats(consumer, &c);
+    fprintf(out,
+            "# HELP hm_consumer_processed_total Events applied by this daemon's consumer.\n"
+            "# TYPE hm_consumer_processed_total counter\nhm_consumer_processed_total %llu\n"
+            "# HELP hm_consumer_duplicates_total Redelivered events acknowledged without effect.\n"
+            "# TYPE hm_consumer_duplicates_total counter\nhm_consumer_duplicates_total %llu\n"
+            "# HELP hm_consumer_suppressed_total Events about erased subjects, not applied.\n"
+            "# TYPE hm_consumer_suppressed_total counter\nhm_consumer_suppressed_total %llu\n"
+            "# HELP hm_consumer_failures_total Handler failures (every attempt).\n"
+            "# TYPE hm_consumer_failures_total counter\nhm_consumer_failures_total %llu\n"
+            "# HELP hm_consumer_dead_letters_total Events moved to the dead-letter stream.\n"
+            "# TYPE hm_consumer_dead_letters_total counter\nhm_consumer_dead_letters_total %llu\n"
+            "# HELP hm_consumer_lag Entries not yet delivered to the group (-1 unknown).\n"
+            "# TYPE hm_consumer_lag gauge\nhm_consumer_lag %lld\n"
+            "# HELP hm_consumer_pending Delivered, unacknowledged entries of the group.\n"
+            "# TYPE hm_consumer_pending gauge\nhm_consumer_pending %lld\n",
+            (unsigned long long)c.processed, (unsigned long long)c.duplicates,
+            (unsigned long long)c.suppressed, (unsigned long long)c.failures,
+            (unsigned long long)c.dead_letters, (long long)c.lag, (long long)c.pending);
 }
 
 void hm__metrics_extra(FILE *out)
@@ -92,6 +205,8 @@ void hm__metrics_extra(FILE *out)
                 (unsigned long long)a.cache_hits, (unsigned long long)a.cache_misses,
                 (unsigned long long)a.failures, (unsigned long long)a.denials);
     }
+    consumer_metrics(out);
+    hm__tasks_metrics(tasks, out);
     fprintf(out,
             "# HELP hm_ready 1 while the daemon reports SERVING for readiness.\n"
             "# TYPE hm_ready gauge\nhm_ready %d\n",
@@ -172,6 +287,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         return 2;
     }
     hm_log_init(d->name, (hm_log_level_t)cfg.log_level);
+    daemon_name = d->name;
 
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -216,19 +332,15 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         goto out_db;
     }
 
+    grpc_init();
+    client = hm_client_create(cfg.max_message_bytes);
     if (cfg.consumers && cfg.redis_addr && *cfg.redis_addr) {
-        hm_relay_config_t rc = {.name = d->name,
-                                .database_url = cfg.database_url,
-                                .redis_addr = cfg.redis_addr,
-                                .redis_timeout_ms = cfg.redis_timeout_ms,
-                                .statement_timeout_ms = cfg.statement_timeout_ms};
-        relay = hm_relay_start(&rc);
+        start_background(d, app);
     } else {
         HM_INFO("no outbox relay or consumers in this replica (%s)",
                 cfg.consumers ? "HM_REDIS_ADDR is empty" : "HM_CONSUMERS=off");
     }
 
-    grpc_init();
     hm__health_init(d->services, d->nservices);
     if (hm__admin_start(cfg.admin_addr, err, sizeof(err)) != 0) {
         HM_ERROR("%s", err);
@@ -266,8 +378,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         sleep_ms(cfg.shutdown_delay_ms);
     hm__server_stop(cfg.shutdown_grace_ms);
     hm__health_update(db_ok, true, true);
-    hm_relay_stop(relay); /* after the drain: in-flight calls' events get published */
-    relay = NULL;
+    stop_background(); /* after the drain: in-flight calls' events get published */
     if (d->fini)
         d->fini(app);
     if (hm_tracer_flush(tracer, TRACE_FLUSH_MS) != 0)
@@ -277,9 +388,10 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
     HM_INFO("stopped cleanly");
     status = 0;
 out_grpc:
-    hm_relay_stop(relay); /* start-up failed after it started; NULL otherwise */
-    relay = NULL;
+    stop_background(); /* start-up failed after it started; no-op otherwise */
     hm__health_deinit();
+    hm_client_destroy(client);
+    client = NULL;
     grpc_shutdown();
 out_db:
     hm_db_destroy(probe_db);

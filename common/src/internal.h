@@ -57,6 +57,18 @@ long hm__server_inflight(void);
 /* Extra metrics lines (database, cache, readiness) appended to /metrics. */
 void hm__metrics_extra(FILE *out);
 
+/* Process-wide objects owned by daemon.c (NULL outside hm_daemon_main). */
+struct hm_client *hm__client(void);
+struct hm_consul *hm__consul(void);
+struct hm_auth *hm__auth(void);
+
+/* Background tasks (tasks.c): one thread running the daemon's hm_task_t list. */
+typedef struct hm__tasks hm__tasks_t;
+hm__tasks_t *hm__tasks_start(const hm_task_t *tasks, size_t n, const hm_common_config_t *cfg,
+                             void *app);
+void hm__tasks_stop(hm__tasks_t *t);
+void hm__tasks_metrics(const hm__tasks_t *t, FILE *out);
+
 /* Admin HTTP port: /metrics, /healthz, /readyz. */
 int hm__admin_start(const char *addr, char *err, size_t errlen);
 void hm__admin_stop(void);

@@ -25,6 +25,8 @@
 #include "hm/err.h"
 #include "hm/log.h"
 #include "hm/outbox.h"
+#include "hm/server.h"
+#include "hm/trace.h"
 
 #define RELAY_DEFAULT_BATCH     500
 #define RELAY_DEFAULT_MAXLEN    1000000LL
@@ -535,4 +537,36 @@ void hm_relay_stats(const hm_relay_t *relay, hm_relay_stats_t *out)
     out->oldest_ms = atomic_load_explicit(&r->st.oldest_ms, memory_order_relaxed);
     for (size_t i = 0; i <= hm_event_ntypes; i++)
         out->published_by_type[i] = atomic_load_explicit(&r->st.by_type[i], memory_order_relaxed);
+}
+
+int hm_publish(hm_db_t *db, hm_arena_t *arena, const char *type, const char *subject,
+               const char *traceparent, const ProtobufCMessage *payload)
+{
+    Hospitality__Events__V1__Event *ev;
+    const char *source = hm_daemon_name();
+    int rc = hm_event_build(arena, type, source != NULL ? source : "libhm",
+                            subject != NULL && subject[0] != '\0' ? subject : NULL, traceparent,
+                            payload, &ev);
+
+    if (rc != 0) {
+        HM_ERROR("publish %s: %s", type, hm_event_last_error());
+        return rc;
+    }
+    return hm_outbox_add(db, arena, ev);
+}
+
+int hm_call_publish(hm_call_t *call, hm_db_t *db, const char *type, const char *subject,
+                    const ProtobufCMessage *payload)
+{
+    char tp[HM_TRACEPARENT_LEN + 1];
+    int rc;
+
+    if (call->span != NULL && call->span->trace_id[0] != '\0')
+        hm_trace_child_traceparent(call->span, tp);
+    else
+        tp[0] = '\0';
+    rc = hm_publish(db, &call->arena, type, subject, tp, payload);
+    if (rc == 0)
+        call->published = true;
+    return rc;
 }

@@ -45,6 +45,7 @@
 #include "hm/db.h"
 #include "hm/log.h"
 #include "hm/pb.h"
+#include "hm/outbox.h"
 #include "internal.h"
 
 #define HOUSEKEEPING_MS 100 /* worker wake-up period for Watch updates and shutdown */
@@ -445,6 +446,7 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
     c->pub.traceparent = NULL;
     c->pub.principal = NULL;
     c->pub.end_user = NULL;
+    c->pub.published = false;
     c->pub.span = NULL;
     c->traced = false;
     c->pub.deadline_ms = INT64_MAX;
@@ -898,6 +900,8 @@ static hm_status_t run_handler(hm_worker_t *w, call_impl_t *c, const rt_method_t
     hm_status_t st = m->m->handler(&c->pub, req, resp);
     if (w->db)
         hm_db_end_call(w->db);
+    if (c->pub.published)
+        hm_relay_kick(hm_relay()); /* its transaction has committed (or rolled back) by now */
     if (st.code == HM_CODE_OK && *resp && (*resp)->descriptor != m->m->response) {
         HM_ERROR("handler of %s returned a %s, not a %s", m->name, (*resp)->descriptor->name,
                  m->m->response->name);

@@ -22,6 +22,7 @@
 #include "hm/arena.h"
 #include "hm/config.h"
 #include "hm/err.h"
+#include "hm/events.h"
 #include "hm/trace.h"
 
 typedef struct hm_db hm_db_t;
@@ -94,6 +95,8 @@ struct hm_call {
                                         authority; NULL otherwise */
     int64_t deadline_ms;             /* CLOCK_MONOTONIC ms; INT64_MAX when the client set none */
     int64_t start_ns;                /* CLOCK_MONOTONIC ns when the call started */
+    bool published;                  /* set by hm_call_publish: the runtime wakes the outbox
+                                        relay when the handler returns */
     hm_worker_t *worker;             /* owning worker (runtime-internal) */
 };
 
@@ -125,6 +128,35 @@ int64_t hm_mono_ns(void);
 /* Fills `out` with `n` random bytes from the process CSPRNG (getrandom); aborts on failure. */
 void hm_random_bytes(void *out, size_t n);
 
+/*
+ * The daemon's event consumer (hm/bus.h), started by hm_daemon_main after `init` unless
+ * HM_CONSUMERS=off or HM_REDIS_ADDR is empty, stopped after the server drained and before
+ * `fini`. The handler receives the daemon's `app` as `user`. Events whose subject is on the
+ * erasure suppression list (hm/suppress.h) are acknowledged without reaching the handler.
+ */
+typedef struct hm_daemon_consumer {
+    const char *const *streams; /* "hm:events:booking", ... */
+    size_t nstreams;
+    const char *const *types; /* registered types the handler takes; NULL = all */
+    size_t ntypes;
+    int (*handle)(hm_db_t *db, hm_arena_t *arena, const Hospitality__Events__V1__Event *env,
+                  const ProtobufCMessage *payload, void *app);
+    bool from_start; /* a group created now starts at the beginning of the streams */
+} hm_daemon_consumer_t;
+
+/*
+ * A periodic job (sweeper, saga recovery, retention purge, cache rebuild). The daemon's tasks
+ * share one background thread with its own Postgres and Redis connections; they run unless
+ * HM_CONSUMERS=off, first right after start-up, then every interval_ms. Several replicas run
+ * them concurrently: a task must be safe under that (FOR UPDATE SKIP LOCKED, advisory locks).
+ * `run` returns 0 or an HM_E* code (logged; the task runs again at its next interval).
+ */
+typedef struct hm_task {
+    const char *name;
+    int64_t interval_ms;
+    int (*run)(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, void *app);
+} hm_task_t;
+
 /* Per-process information a daemon passes to hm_daemon_main. */
 typedef struct hm_daemon {
     const char *name;               /* "guestd": log name, Redis key prefix, consumer group */
@@ -144,6 +176,9 @@ typedef struct hm_daemon {
     int (*init)(const hm_common_config_t *common, void **app);
     /* Called after the server stopped and workers exited. */
     void (*fini)(void *app);
+    const hm_daemon_consumer_t *consumer; /* NULL: the daemon consumes no events */
+    const hm_task_t *tasks;               /* periodic jobs (may be NULL) */
+    size_t ntasks;
 } hm_daemon_t;
 
 /*
@@ -158,5 +193,21 @@ const hm_common_config_t *hm_config(void);
 
 /* The process's tracer (NULL outside hm_daemon_main). */
 hm_tracer_t *hm_tracer(void);
+
+/* The daemon's name ("guestd"; NULL outside hm_daemon_main). */
+const char *hm_daemon_name(void);
+
+/*
+ * Adds event `type` about `subject` (a guest id, or NULL) with `payload` to the outbox, in the
+ * transaction open on `db` (hm_outbox_add), with this daemon as source and the call's trace
+ * context. Marks the call so the relay is woken when the handler returns. 0, or the error of
+ * hm_event_build / hm_outbox_add (HM_EINVAL for an event the registry refuses: a bug).
+ */
+int hm_call_publish(hm_call_t *call, hm_db_t *db, const char *type, const char *subject,
+                    const ProtobufCMessage *payload);
+
+/* The same outside a call (consumers, tasks): `traceparent` may be NULL. */
+int hm_publish(hm_db_t *db, hm_arena_t *arena, const char *type, const char *subject,
+               const char *traceparent, const ProtobufCMessage *payload);
 
 #endif
