@@ -549,7 +549,9 @@ int hm_publish(hm_db_t *db, hm_arena_t *arena, const char *type, const char *sub
                             payload, &ev);
 
     if (rc != 0) {
-        HM_ERROR("publish %s: %s", type, hm_event_last_error());
+        const char *field = NULL;
+        const char *why = hm_event_last_error(&field);
+        HM_ERROR("publish %s: %s (%s)", type, why, field != NULL ? field : "envelope");
         return rc;
     }
     return hm_outbox_add(db, arena, ev);
