@@ -1,0 +1,3 @@
+DROP TABLE ticks;
+DROP TABLE effects;
+DROP TABLE sent;
