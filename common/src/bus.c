@@ -40,6 +40,10 @@
 #define CONS_DEFAULT_CLAIM_MS   30000
 #define CONS_DEFAULT_RETRY_MS   1000
 #define CONS_DEFAULT_STATS_MS   5000
+#define CONS_DEFAULT_PRUNE_MS   600000
+/* processed_events rows are kept this much longer than the stream entries they guard (clock
+ * skew between Redis and Postgres, entries trimmed while being read). */
+#define CONS_PRUNE_MARGIN_MS    (3600LL * 1000)
 #define CONS_DEFAULT_DLQ_MAXLEN 100000LL
 #define CONS_DEFAULT_REDIS_MS   1000
 #define CONS_DEFAULT_STMT_MS    10000
@@ -50,6 +54,10 @@
 /* Consumers with nothing pending and idle this long are removed from the group. */
 #define CONS_GC_IDLE_MS    (3600LL * 1000)
 #define BUS_DEFAULT_MAXLEN 1000000LL
+
+static const hm_stmt_t processed_prune = {
+    "hm_bus_processed_prune",
+    "DELETE FROM processed_events WHERE processed_at < to_timestamp($1::bigint / 1000.0)", 1};
 
 static const hm_stmt_t processed_insert = {
     "hm_bus_processed",
@@ -75,7 +83,7 @@ struct hm_consumer {
     bool stopping;
     struct { /* written by the consumer thread, read by any (relaxed) */
         _Atomic uint64_t delivered, processed, duplicates, suppressed, skipped, failures,
-            dead_letters, claimed, batches, redis_errors, db_errors;
+            dead_letters, claimed, batches, redis_errors, db_errors, pruned;
         _Atomic int64_t lag, pending;
     } st;
 };
@@ -843,11 +851,68 @@ static void refresh_gauges(hm_consumer_t *c, hm_arena_t *arena)
     atomic_store_explicit(&c->st.pending, pending, memory_order_relaxed);
 }
 
+/* Milliseconds of a stream entry id ("1700000000000-3"); -1 when malformed. */
+static int64_t entry_ms(const char *id)
+{
+    char *end;
+    long long ms = strtoll(id, &end, 10);
+    return end != id && *end == '-' && ms >= 0 ? (int64_t)ms : -1;
+}
+
+/*
+ * Deletes the processed_events rows no redelivery can need any more: an event processed
+ * before the first entry still held by every stream this consumer reads was added before
+ * that entry, so its own entry has been trimmed (MAXLEN) and cannot be delivered or replayed
+ * again. The cut-off is that entry's time (Redis's clock; "now" for an empty stream) minus a
+ * margin. Assumes this consumer is the only one of its database (one per daemon). 0 or an
+ * error (logged by the caller's backoff).
+ */
+static int prune_processed(hm_consumer_t *c, hm_arena_t *arena)
+{
+    const char *targv[1] = {"TIME"};
+    redisReply *t = cmd(c, arena, 1, targv, NULL);
+    int64_t cutoff;
+    int rc;
+
+    if (t == NULL || t->type != REDIS_REPLY_ARRAY || t->elements < 1 || !is_str(t->element[0]))
+        return HM_EUNAVAIL;
+    cutoff = strtoll(t->element[0]->str, NULL, 10) * 1000;
+    for (size_t s = 0; s < c->cfg.nstreams; s++) {
+        const char *argv[6] = {"XRANGE", c->streams[s], "-", "+", "COUNT", "1"};
+        redisReply *r = cmd(c, arena, 6, argv, NULL);
+        if (r == NULL || r->type != REDIS_REPLY_ARRAY)
+            return HM_EUNAVAIL;
+        if (r->elements > 0 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+            r->element[0]->elements > 0 && is_str(r->element[0]->element[0])) {
+            int64_t ms = entry_ms(r->element[0]->element[0]->str);
+            if (ms < 0)
+                return HM_EINTERNAL;
+            if (ms < cutoff)
+                cutoff = ms;
+        }
+    }
+    cutoff -= CONS_PRUNE_MARGIN_MS;
+    const char *params[1] = {hm_db_param_int64(arena, cutoff)};
+    PGresult *res = NULL;
+    rc = hm_db_exec_arena(c->db, arena, &processed_prune, params, NULL, NULL, &res);
+    if (rc != 0) {
+        STAT_ADD(c, db_errors, 1);
+        return rc;
+    }
+    long long n = atoll(PQcmdTuples(res));
+    if (n > 0) {
+        STAT_ADD(c, pruned, (uint64_t)n);
+        HM_INFO("consumer: %s: pruned %lld processed_events row(s) older than the streams",
+                c->daemon, n);
+    }
+    return 0;
+}
+
 static void *consumer_main(void *arg)
 {
     hm_consumer_t *c = arg;
     int64_t claim_every = c->cfg.claim_idle_ms / 2;
-    int64_t next_retry = 0, next_claim = 0, next_stats = 0, backoff = 0;
+    int64_t next_retry = 0, next_claim = 0, next_stats = 0, next_prune = 0, backoff = 0;
     hm_arena_t arena;
 
     if (claim_every > 5000)
@@ -871,6 +936,12 @@ static void *consumer_main(void *arg)
         if (rc == 0 && now >= next_stats) {
             refresh_gauges(c, &arena);
             next_stats = now + c->cfg.stats_interval_ms;
+        }
+        if (rc == 0 && c->cfg.prune_interval_ms > 0 && now >= next_prune) {
+            if (prune_processed(c, &arena) != 0)
+                HM_WARN("consumer: %s: pruning processed_events failed; next try in %lld ms",
+                        c->daemon, (long long)c->cfg.prune_interval_ms);
+            next_prune = now + c->cfg.prune_interval_ms;
         }
         hm_arena_reset(&arena);
         if (rc == 0)
@@ -967,6 +1038,8 @@ hm_consumer_t *hm_consumer_start(const hm_consumer_config_t *cfg)
     DEFAULT(claim_idle_ms, CONS_DEFAULT_CLAIM_MS);
     DEFAULT(retry_ms, CONS_DEFAULT_RETRY_MS);
     DEFAULT(stats_interval_ms, CONS_DEFAULT_STATS_MS);
+    if (c->cfg.prune_interval_ms == 0)
+        c->cfg.prune_interval_ms = CONS_DEFAULT_PRUNE_MS;
     DEFAULT(dlq_maxlen, CONS_DEFAULT_DLQ_MAXLEN);
 #undef DEFAULT
     c->db = hm_db_create(cfg->database_url, c->cfg.statement_timeout_ms);
@@ -1027,6 +1100,7 @@ void hm_consumer_stats(const hm_consumer_t *consumer, hm_consumer_stats_t *out)
     LOAD(batches);
     LOAD(redis_errors);
     LOAD(db_errors);
+    LOAD(pruned);
     LOAD(lag);
     LOAD(pending);
 #undef LOAD

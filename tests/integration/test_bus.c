@@ -280,6 +280,8 @@ static bool suppressed(const char *subject, void *user)
     return a->suppressed[0] != '\0' && strcmp(subject, a->suppressed) == 0;
 }
 
+static int64_t consumer_prune_ms = -1; /* consumers' prune_interval_ms: off unless a test sets it */
+
 static hm_consumer_t *consumer(const char *name, int64_t claim_idle_ms)
 {
     static const char *const streams[] = {GUEST_STREAM, BOOK_STREAM};
@@ -299,6 +301,7 @@ static hm_consumer_t *consumer(const char *name, int64_t claim_idle_ms)
         .claim_idle_ms = claim_idle_ms,
         .retry_ms = 100,
         .stats_interval_ms = 100,
+        .prune_interval_ms = consumer_prune_ms,
     };
     hm_consumer_t *c = hm_consumer_start(&cfg);
 
@@ -804,6 +807,43 @@ static void test_same_event_three_times(void **state)
     hm_arena_deinit(&arena);
 }
 
+/* processed_events rows older than every stream's first entry (minus the hour of margin)
+ * are pruned; younger ones, which a redelivery or replay could still need, stay. */
+static void test_consumer_prunes_processed(void **state)
+{
+    hm_consumer_stats_t cs = {0};
+    hm_arena_t arena;
+    Hospitality__Events__V1__Event *ev;
+    uint8_t *env;
+    size_t n;
+    (void)state;
+    SKIP_WITHOUT_SERVICES();
+
+    hm_arena_init(&arena, 0);
+    assert_int_equal(hm_event_build(&arena, "guest.profile.created", "testd", NULL, NULL,
+                                    payload_for(&arena, "guest.profile.created"), &ev),
+                     0);
+    assert_int_equal(hm_event_pack(&arena, ev, &env, &n), 0);
+    xadd_env(ev, env, n, 1); /* the stream's first entry: now */
+    assert_int_equal(
+        count("WITH i AS (INSERT INTO processed_events (event_id, event_type, processed_at) "
+              "VALUES (gen_random_uuid(), 'old', now() - interval '3 hours'), "
+              "(gen_random_uuid(), 'recent', now() - interval '30 minutes') RETURNING 1) "
+              "SELECT count(*) FROM i"),
+        2);
+    consumer_prune_ms = 100;
+    hm_consumer_t *c = consumer(NULL, 30000);
+    consumer_prune_ms = -1;
+    assert_true(wait_count("SELECT count(*) FROM processed_events WHERE event_type = 'old'", 0));
+    assert_true(wait_count("SELECT count(*) FROM processed_events", 2)); /* recent + applied */
+    assert_int_equal(count("SELECT count(*) FROM processed_events WHERE event_type = 'recent'"), 1);
+    hm_consumer_stats(c, &cs);
+    assert_int_equal(cs.pruned, 1);
+    assert_int_equal(effects(ev->id), 1);
+    hm_consumer_stop(c);
+    hm_arena_deinit(&arena);
+}
+
 static void test_poison_to_dlq_and_requeue(void **state)
 {
     char ids[3][HM_UUID_LEN + 1], out[8192];
@@ -1057,6 +1097,7 @@ int main(void)
         cmocka_unit_test_setup(test_relay_killed_after_xadd, setup),
         cmocka_unit_test_setup(test_consumer_killed_mid_handler, setup),
         cmocka_unit_test_setup(test_same_event_three_times, setup),
+        cmocka_unit_test_setup(test_consumer_prunes_processed, setup),
         cmocka_unit_test_setup(test_poison_to_dlq_and_requeue, setup),
         cmocka_unit_test_setup(test_dependency_down_never_dead_letters, setup),
         cmocka_unit_test_setup(test_invalid_entry_dead_lettered_at_once, setup),

@@ -75,6 +75,9 @@ typedef struct hm_consumer_config {
                                         * [30000] */
     int64_t retry_ms;                  /* own failed entries are retried this often [1000] */
     int64_t stats_interval_ms;         /* lag/pending refresh (XINFO GROUPS) [5000] */
+    int64_t prune_interval_ms;         /* processed_events rows older than the first entry of
+                                        * every stream (minus an hour) are deleted this often
+                                        * [600000]; < 0 never */
     long long dlq_maxlen;              /* MAXLEN ~ of the dead-letter stream [100000] */
 } hm_consumer_config_t;
 
@@ -91,6 +94,7 @@ typedef struct hm_consumer_stats {
     uint64_t batches;      /* transactions committed */
     uint64_t redis_errors; /* Redis commands that failed */
     uint64_t db_errors;    /* transactions that failed in Postgres (not in a handler) */
+    uint64_t pruned;       /* processed_events rows deleted (no redelivery can need them) */
     int64_t lag;           /* gauge: entries not yet delivered to the group, summed over the
                             * streams (XINFO GROUPS lag); -1 when unknown */
     int64_t pending;       /* gauge: delivered but unacknowledged entries of the group */
