@@ -35,7 +35,46 @@ struct hm_client {
     pthread_mutex_t lock; /* guards channels */
     channel_entry_t *channels;
     int64_t max_message_bytes;
+    /* TLS (hm_client_set_tls): owned copies; `tls` false = plaintext channels. */
+    bool tls;
+    char *root_pem, *cert_pem, *key_pem, *server_name;
 };
+
+static void clear_tls(hm_client_t *c)
+{
+    free(c->root_pem);
+    free(c->cert_pem);
+    free(c->key_pem);
+    free(c->server_name);
+    c->root_pem = c->cert_pem = c->key_pem = c->server_name = NULL;
+    c->tls = false;
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? hm_xstrdup(s) : NULL;
+}
+
+void hm_client_set_tls(hm_client_t *c, const hm_client_tls_t *tls)
+{
+    pthread_mutex_lock(&c->lock);
+    clear_tls(c);
+    if (tls) {
+        c->tls = true;
+        c->root_pem = dup_or_null(tls->root_pem);
+        if (tls->cert_pem && tls->key_pem) {
+            c->cert_pem = hm_xstrdup(tls->cert_pem);
+            c->key_pem = hm_xstrdup(tls->key_pem);
+        }
+        c->server_name = dup_or_null(tls->server_name);
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
+bool hm_client_tls(const hm_client_t *c)
+{
+    return c && c->tls;
+}
 
 hm_client_t *hm_client_create(int64_t max_message_bytes)
 {
@@ -56,6 +95,7 @@ void hm_client_destroy(hm_client_t *c)
         free(e->target);
         free(e);
     }
+    clear_tls(c);
     pthread_mutex_destroy(&c->lock);
     free(c);
     grpc_shutdown();
@@ -70,7 +110,7 @@ static grpc_channel *channel_for(hm_client_t *c, const char *target)
             return e->channel;
         }
     }
-    grpc_arg args[2];
+    grpc_arg args[3];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[0].value.integer = (int)c->max_message_bytes;
@@ -78,7 +118,19 @@ static grpc_channel *channel_for(hm_client_t *c, const char *target)
     args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = (int)c->max_message_bytes;
     grpc_channel_args cargs = {2, args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
+    grpc_channel_credentials *creds;
+    if (c->tls) {
+        grpc_ssl_pem_key_cert_pair pair = {c->key_pem, c->cert_pem};
+        creds = grpc_ssl_credentials_create(c->root_pem, c->cert_pem ? &pair : NULL, NULL, NULL);
+        if (c->server_name) {
+            args[2].type = GRPC_ARG_STRING;
+            args[2].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+            args[2].value.string = c->server_name;
+            cargs.num_args = 3;
+        }
+    } else {
+        creds = grpc_insecure_credentials_create();
+    }
     channel_entry_t *e = hm_xcalloc(1, sizeof(*e));
     e->target = hm_xstrdup(target);
     e->channel = grpc_channel_create(target, creds, &cargs);

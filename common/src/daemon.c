@@ -9,6 +9,7 @@
  * (load balancers notice), stop accepting, drain within HM_SHUTDOWN_GRACE, cancel the rest,
  * the daemon's fini hook, exit 0.
  */
+#include <curl/curl.h>
 #include <grpc/grpc.h>
 
 #include <signal.h>
@@ -44,7 +45,6 @@ static hm_relay_t *relay;   /* outbox relay; NULL with HM_CONSUMERS=off or no Re
 static hm_db_t *probe_db;   /* main thread's own connection: migrations and readiness */
 static const char *daemon_name;
 static hm_client_t *client;        /* peer calls (hm/peer.h) */
-static hm_consul_t *consul;        /* service discovery; NULL without Consul */
 static hm_consumer_t *consumer;    /* the daemon's event consumer, if it declares one */
 static hm_cache_t *suppress_cache; /* the consumer thread's connection for the suppression list */
 static hm__tasks_t *tasks;         /* periodic jobs */
@@ -74,11 +74,6 @@ const char *hm_daemon_name(void)
 hm_client_t *hm__client(void)
 {
     return client;
-}
-
-hm_consul_t *hm__consul(void)
-{
-    return consul;
 }
 
 hm_auth_t *hm__auth(void)
@@ -206,6 +201,7 @@ void hm__metrics_extra(FILE *out)
                 (unsigned long long)a.failures, (unsigned long long)a.denials);
     }
     consumer_metrics(out);
+    hm__mesh_metrics(out);
     hm__tasks_metrics(tasks, out);
     fprintf(out,
             "# HELP hm_ready 1 while the daemon reports SERVING for readiness.\n"
@@ -225,6 +221,7 @@ static void usage(FILE *out, const hm_daemon_t *d)
     hm_config_help(out, hm_auth_config_vars, hm_auth_config_nvars);
     fprintf(out, "\nTracing:\n");
     hm_config_help(out, hm_trace_config_vars, hm_trace_config_nvars);
+    hm__mesh_help(out);
     fprintf(out, "\n%s listens on %s (gRPC) and %s (admin) unless told otherwise.\n", d->name,
             d->default_grpc_addr ? d->default_grpc_addr : "HM_GRPC_ADDR's default",
             d->default_admin_addr ? d->default_admin_addr : "HM_ADMIN_ADDR's default");
@@ -258,6 +255,8 @@ static int migrate(const hm_daemon_t *d)
     }
 }
 
+static int run(int argc, char **argv, const hm_daemon_t *d);
+
 int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
 {
     for (int i = 1; i < argc; i++) {
@@ -272,6 +271,16 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         fprintf(stderr, "%s: unknown argument %s (see --help)\n", d->name, argv[i]);
         return 2;
     }
+    /* libcurl (tracing, Consul) is initialised before any thread exists. */
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int rc = run(argc, argv, d);
+    hm__mesh_unload();
+    curl_global_cleanup();
+    return rc;
+}
+
+static int run(int argc, char **argv, const hm_daemon_t *d)
+{
     if (d->default_grpc_addr)
         setenv("HM_GRPC_ADDR", d->default_grpc_addr, 0);
     if (d->default_admin_addr)
@@ -282,7 +291,8 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
         hm_config_load(hm_auth_config_vars, hm_auth_config_nvars, &auth_cfg, err, sizeof(err)) ||
         hm_config_load(hm_trace_config_vars, hm_trace_config_nvars, &trace_cfg, err, sizeof(err)) ||
         (d->nconfig_vars &&
-         hm_config_load(d->config_vars, d->nconfig_vars, d->config, err, sizeof(err)))) {
+         hm_config_load(d->config_vars, d->nconfig_vars, d->config, err, sizeof(err))) ||
+        hm__mesh_load(d, &cfg, err, sizeof(err))) {
         fprintf(stderr, "%s: configuration error: %s\n", d->name, err);
         return 2;
     }
@@ -334,6 +344,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
 
     grpc_init();
     client = hm_client_create(cfg.max_message_bytes);
+    hm__mesh_client(client);
     if (cfg.consumers && cfg.redis_addr && *cfg.redis_addr) {
         start_background(d, app);
     } else {
@@ -357,6 +368,7 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
     bool db_ok = hm_db_ping(probe_db) == 0;
     hm__health_update(db_ok, false, false);
     HM_INFO("%s %s started (%s)", d->name, HM_VERSION, db_ok ? "ready" : "waiting for Postgres");
+    hm__mesh_serving();
     int sig;
     for (;;) {
         struct timespec tick = {1, 0};
@@ -368,11 +380,13 @@ int hm_daemon_main(int argc, char **argv, const hm_daemon_t *d)
             HM_WARN("postgres %s", ok ? "reachable again: ready" : "unreachable: not ready");
         db_ok = ok;
         hm__health_update(db_ok, false, false);
+        hm__mesh_tick();
     }
 
     HM_INFO("received %s: draining (grace %lld ms)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
             (long long)cfg.shutdown_grace_ms);
     hm__health_update(db_ok, true, false);
+    hm__mesh_leaving(); /* peers stop choosing this instance before it drains */
     hm__server_drain();
     if (cfg.shutdown_delay_ms > 0)
         sleep_ms(cfg.shutdown_delay_ms);

@@ -59,8 +59,31 @@ void hm__metrics_extra(FILE *out);
 
 /* Process-wide objects owned by daemon.c (NULL outside hm_daemon_main). */
 struct hm_client *hm__client(void);
-struct hm_consul *hm__consul(void);
 struct hm_auth *hm__auth(void);
+
+/* The daemon's place in the mesh (mesh.c): TLS, Consul, rate limits, reflection. */
+enum { HM__TLS_NONE, HM__TLS_OPTIONAL, HM__TLS_REQUIRE }; /* client certificates */
+typedef struct hm__tls {
+    bool on;         /* the gRPC port serves TLS */
+    char *cert_pem;  /* owned PEM text */
+    char *key_pem;   /* owned PEM text */
+    char *ca_pem;    /* owned; NULL = clients are not asked for certificates */
+    int client_auth; /* HM__TLS_*: meaningful with ca_pem */
+} hm__tls_t;
+/* Loads the mesh variables (exit 2 on error: err names the variable), reads the TLS files,
+ * creates the Consul client (tagged "data-subject" for d->data_subject) and the limiter. */
+int hm__mesh_load(const hm_daemon_t *d, const hm_common_config_t *common, char *err, size_t errlen);
+void hm__mesh_help(FILE *out);
+void hm__mesh_client(struct hm_client *client); /* TLS to peers when configured */
+void hm__mesh_serving(void);                    /* Consul registration, once serving */
+void hm__mesh_tick(void);                       /* main loop, about once a second */
+void hm__mesh_leaving(void);                    /* Consul deregistration, before the drain */
+void hm__mesh_metrics(FILE *out);
+void hm__mesh_unload(void);
+struct hm_consul *hm__consul(void);       /* NULL before hm__mesh_load */
+struct hm_ratelimit *hm__ratelimit(void); /* NULL before hm__mesh_load */
+const hm__tls_t *hm__server_tls(void);
+bool hm__reflection_enabled(void);
 
 /* Background tasks (tasks.c): one thread running the daemon's hm_task_t list. */
 typedef struct hm__tasks hm__tasks_t;

@@ -279,13 +279,24 @@ bool hm_ratelimit_enabled(const hm_ratelimit_t *rl)
 
 /* ---- taking a token ---- */
 
-static rule_t *find_rule(hm_ratelimit_t *rl, const char *group)
+static rule_t *own_rule(const hm_ratelimit_t *rl, const char *group)
 {
     for (size_t i = 0; i < rl->nrules; i++) {
         if (strcmp(rl->rules[i].group, group) == 0)
             return &rl->rules[i];
     }
-    return rl->fallback;
+    return NULL;
+}
+
+static rule_t *find_rule(hm_ratelimit_t *rl, const char *group)
+{
+    rule_t *r = own_rule(rl, group);
+    return r != NULL ? r : rl->fallback;
+}
+
+bool hm_ratelimit_has_group(const hm_ratelimit_t *rl, const char *group)
+{
+    return rl != NULL && group != NULL && own_rule(rl, group) != NULL;
 }
 
 /* Allows a call Redis could not decide on; warns at most once a minute. */

@@ -37,6 +37,7 @@
 #include <time.h>
 
 #include "google/protobuf/any.pb-c.h"
+#include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -46,6 +47,7 @@
 #include "hm/log.h"
 #include "hm/pb.h"
 #include "hm/outbox.h"
+#include "hm/ratelimit.h"
 #include "internal.h"
 
 #define HOUSEKEEPING_MS 100 /* worker wake-up period for Watch updates and shutdown */
@@ -82,7 +84,8 @@ typedef enum builtin { BUILTIN_NONE, BUILTIN_HEALTH_CHECK, BUILTIN_HEALTH_WATCH 
 /* A registered method: the daemon's, or a built-in health method. Immutable after start. */
 typedef struct rt_method {
     const char *name;
-    const hm_method_t *m; /* NULL for built-ins */
+    const hm_method_t *m;   /* NULL for built-ins */
+    const char *rate_group; /* policy.rate_group, else the service name; NULL for built-ins */
     builtin_t builtin;
     void *handle; /* grpc_server_register_method */
 } rt_method_t;
@@ -121,7 +124,8 @@ typedef struct call_impl {
     const char *log_method; /* method name for the access log (static or arena) */
     /* Send state: everything a batch refers to lives here until the batch completes. */
     grpc_metadata initial_md[1];
-    grpc_metadata trailing_md[1];
+    grpc_metadata trailing_md[2]; /* grpc-status-details-bin, retry-after-ms */
+    int64_t retry_after_ms;       /* > 0: RESOURCE_EXHAUSTED by the rate limiter */
     size_t ntrailing;
     grpc_slice status_slice;
     grpc_byte_buffer *send_bb;
@@ -182,7 +186,9 @@ static struct runtime {
     atomic_int stopping;        /* server shut down: workers exit once idle */
     atomic_int watches;         /* live Watch streams, all workers */
     hm_tracer_t *tracer;        /* set before workers start */
-} rt = {.post_lock = PTHREAD_RWLOCK_INITIALIZER};
+    pthread_mutex_t conn_lock;  /* guards workers' db/cache handles against their destruction
+                                   while the admin thread reads their counters */
+} rt = {.post_lock = PTHREAD_RWLOCK_INITIALIZER, .conn_lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* ---- time and randomness ---- */
 
@@ -326,6 +332,63 @@ long hm__server_inflight(void)
     return n;
 }
 
+static void counter(FILE *out, const char *name, const char *help, uint64_t v)
+{
+    fprintf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+            (unsigned long long)v);
+}
+
+static void gauge(FILE *out, const char *name, const char *help, uint64_t v)
+{
+    fprintf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %llu\n", name, help, name, name,
+            (unsigned long long)v);
+}
+
+/* Postgres and Redis counters of the workers' connections, summed. */
+static void store_metrics(hm_worker_t *ws, FILE *out)
+{
+    hm_db_stats_t d = {0}, ds;
+    hm_cache_stats_t r = {0}, rs;
+    pthread_mutex_lock(&rt.conn_lock);
+    for (int i = 0; i < rt.nworkers; i++) {
+        if (ws[i].db) {
+            hm_db_stats(ws[i].db, &ds);
+            d.queries += ds.queries;
+            d.errors += ds.errors;
+            d.reconnects += ds.reconnects;
+            d.connect_failures += ds.connect_failures;
+            d.tx_retries += ds.tx_retries;
+            d.connected += ds.connected;
+        }
+        if (ws[i].cache) {
+            hm_cache_stats(ws[i].cache, &rs);
+            r.hits += rs.hits;
+            r.misses += rs.misses;
+            r.errors += rs.errors;
+            r.reconnects += rs.reconnects;
+            r.connected += rs.connected;
+        }
+    }
+    pthread_mutex_unlock(&rt.conn_lock);
+    counter(out, "hm_db_queries_total", "SQL statements sent by the workers.", d.queries);
+    counter(out, "hm_db_errors_total", "Workers' database calls that failed.", d.errors);
+    counter(out, "hm_db_reconnects_total", "Workers' Postgres connections re-established.",
+            d.reconnects);
+    counter(out, "hm_db_connect_failures_total", "Workers' failed Postgres connection attempts.",
+            d.connect_failures);
+    counter(out, "hm_db_tx_retries_total", "Transactions retried after serialization failures.",
+            d.tx_retries);
+    gauge(out, "hm_db_connections", "Workers' open Postgres connections.", d.connected);
+    counter(out, "hm_redis_errors_total", "Workers' Redis commands failed for want of Redis.",
+            r.errors);
+    counter(out, "hm_redis_reconnects_total", "Workers' Redis connections re-established.",
+            r.reconnects);
+    gauge(out, "hm_redis_connections", "Workers' open Redis connections.", r.connected);
+    counter(out, "hm_cache_hits_total", "Cache gets that found the key.", r.hits);
+    counter(out, "hm_cache_misses_total", "Cache gets that did not (Redis failures included).",
+            r.misses);
+}
+
 void hm__server_metrics(FILE *out)
 {
     /* Published only once complete; freed only after the admin port has stopped. */
@@ -372,6 +435,7 @@ void hm__server_metrics(FILE *out)
                 rt.methods[m].name, (unsigned long long)total, rt.methods[m].name,
                 (double)sum_us / 1e6, rt.methods[m].name, (unsigned long long)total);
     }
+    store_metrics(ws, out);
     fprintf(out,
             "# HELP hm_grpc_inflight_calls Calls being served now.\n"
             "# TYPE hm_grpc_inflight_calls gauge\nhm_grpc_inflight_calls %ld\n"
@@ -429,6 +493,7 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
     c->code = HM_CODE_OK;
     c->log_method = method >= 0 ? rt.methods[method].name : "unknown";
     c->ntrailing = 0;
+    c->retry_after_ms = 0;
     c->status_slice = grpc_empty_slice();
     c->send_bb = NULL;
     c->watch_name = NULL;
@@ -618,22 +683,40 @@ static void add_status_details(call_impl_t *c, hm_status_t st)
     google__rpc__request_info__init(&req);
     req.request_id = (char *)c->pub.request_id;
 
-    Google__Protobuf__Any any[2], *anys[2] = {&any[0], &any[1]};
+    Google__Protobuf__Any any[3], *anys[3] = {&any[0], &any[1], &any[2]};
     pack_any(a, &any[0], "google.rpc.ErrorInfo", &info.base);
     pack_any(a, &any[1], "google.rpc.RequestInfo", &req.base);
+    size_t ndetails = 2;
+    Google__Rpc__RetryInfo retry;
+    Google__Protobuf__Duration delay;
+    if (c->retry_after_ms > 0) {
+        google__rpc__retry_info__init(&retry);
+        google__protobuf__duration__init(&delay);
+        delay.seconds = c->retry_after_ms / 1000;
+        delay.nanos = (int32_t)(c->retry_after_ms % 1000) * 1000000;
+        retry.retry_delay = &delay;
+        pack_any(a, &any[ndetails++], "google.rpc.RetryInfo", &retry.base);
+    }
 
     Google__Rpc__Status status;
     google__rpc__status__init(&status);
     status.code = (int32_t)st.code;
     status.message = (char *)(st.message ? st.message : "");
     status.details = anys;
-    status.n_details = 2;
+    status.n_details = ndetails;
     size_t n = protobuf_c_message_get_packed_size(&status.base);
     grpc_slice v = grpc_slice_malloc(n);
     protobuf_c_message_pack(&status.base, GRPC_SLICE_START_PTR(v));
     c->trailing_md[0].key = grpc_slice_from_static_string("grpc-status-details-bin");
     c->trailing_md[0].value = v;
     c->ntrailing = 1;
+    if (c->retry_after_ms > 0) {
+        char ms[24];
+        snprintf(ms, sizeof ms, "%lld", (long long)c->retry_after_ms);
+        c->trailing_md[1].key = grpc_slice_from_static_string("retry-after-ms");
+        c->trailing_md[1].value = grpc_slice_from_copied_string(ms);
+        c->ntrailing = 2;
+    }
 }
 
 /* A client-supplied string cut to MAX_ECHO bytes (on a UTF-8 boundary) for error messages. */
@@ -930,6 +1013,40 @@ static hm_status_t authenticate(call_impl_t *c)
     return st;
 }
 
+/*
+ * Takes a token from the caller's bucket of the method's group (hm/ratelimit.h): by principal
+ * subject, or "addr:<host>" for anonymous callers of open methods; service callers only when a
+ * "service" rule exists. Redis trouble allows the call (counted by the limiter).
+ */
+static hm_status_t rate_limit(hm_worker_t *w, call_impl_t *c, const rt_method_t *m)
+{
+    hm_ratelimit_t *rl = hm__ratelimit();
+    if (!hm_ratelimit_enabled(rl))
+        return HM_STATUS_OK;
+    const hm_principal_t *p = c->pub.principal;
+    const char *group = m->rate_group, *who;
+    if (p && (p->roles & HM_ROLE_SERVICE)) {
+        if (!hm_ratelimit_has_group(rl, HM_RATELIMIT_SERVICE_GROUP))
+            return HM_STATUS_OK;
+        group = HM_RATELIMIT_SERVICE_GROUP;
+        who = p->subject;
+    } else if (p) {
+        who = p->subject;
+    } else {
+        /* "ipv4:127.0.0.1:5555" -> "addr:ipv4:127.0.0.1": the port changes per connection. */
+        char *peer = (char *)hm_call_peer(&c->pub), *colon = strrchr(peer, ':');
+        if (colon && colon != strchr(peer, ':'))
+            *colon = '\0';
+        who = hm_arena_printf(&c->pub.arena, "addr:%s", peer);
+    }
+    int64_t retry = 0;
+    if (hm_ratelimit_take(rl, w->cache, group, who, &retry) != HM_ERATE)
+        return HM_STATUS_OK;
+    c->retry_after_ms = retry;
+    return hm_call_error(&c->pub, HM_CODE_RESOURCE_EXHAUSTED, "RATE_LIMITED",
+                         "rate limit exceeded; retry in %lld ms", (long long)retry);
+}
+
 static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
 {
     s->posted = false;
@@ -976,6 +1093,8 @@ static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
     /* Authenticate before decoding: anonymous callers cannot make us parse their messages. */
     if (!open)
         st = authenticate(c);
+    if (hm_status_ok(st) && !m->builtin)
+        st = rate_limit(w, c, m);
     if (!hm_status_ok(st)) {
         if (payload)
             grpc_byte_buffer_destroy(payload);
@@ -1119,12 +1238,13 @@ static void *worker_main(void *arg)
 
 /* ---- start and stop ---- */
 
-static int add_method(int *n, const char *name, const hm_method_t *m, builtin_t b, char *err,
-                      size_t errlen)
+static int add_method(int *n, const char *name, const hm_method_t *m, const char *service,
+                      builtin_t b, char *err, size_t errlen)
 {
     rt_method_t *r = &rt.methods[(*n)++];
     r->name = name;
     r->m = m;
+    r->rate_group = m ? (m->policy.rate_group ? m->policy.rate_group : service) : NULL;
     r->builtin = b;
     r->handle = grpc_server_register_method(rt.server, name, NULL,
                                             GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
@@ -1157,11 +1277,13 @@ static void destroy_server_parts(void)
             grpc_completion_queue_destroy(w->cq);
         }
         w->cq = NULL;
+        pthread_mutex_lock(&rt.conn_lock);
         hm_db_destroy(w->db);
         w->db = NULL;
         if (w->cache)
             hm_cache_destroy(w->cache);
         w->cache = NULL;
+        pthread_mutex_unlock(&rt.conn_lock);
         free(w->slots);
         w->slots = NULL;
     }
@@ -1196,13 +1318,13 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
         total += d->services[i]->nmethods;
     rt.methods = hm_xcalloc(total, sizeof(*rt.methods));
     int n = 0, rc = 0;
-    rc = add_method(&n, HEALTH_CHECK, NULL, BUILTIN_HEALTH_CHECK, err, errlen);
+    rc = add_method(&n, HEALTH_CHECK, NULL, NULL, BUILTIN_HEALTH_CHECK, err, errlen);
     if (!rc)
-        rc = add_method(&n, HEALTH_WATCH, NULL, BUILTIN_HEALTH_WATCH, err, errlen);
+        rc = add_method(&n, HEALTH_WATCH, NULL, NULL, BUILTIN_HEALTH_WATCH, err, errlen);
     for (size_t i = 0; !rc && i < d->nservices; i++)
         for (size_t k = 0; !rc && k < d->services[i]->nmethods; k++)
             rc = add_method(&n, d->services[i]->methods[k].name, &d->services[i]->methods[k],
-                            BUILTIN_NONE, err, errlen);
+                            d->services[i]->name, BUILTIN_NONE, err, errlen);
     rt.nmethods = n;
 
     rt.nworkers = (int)o->cfg->workers + CONTROL_WORKERS;
@@ -1237,7 +1359,20 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
         destroy_server_parts();
         return rc;
     }
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    const hm__tls_t *tls = hm__server_tls();
+    grpc_server_credentials *creds;
+    if (tls && tls->on) {
+        grpc_ssl_pem_key_cert_pair pair = {tls->key_pem, tls->cert_pem};
+        grpc_ssl_client_certificate_request_type req =
+            !tls->ca_pem ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+            : tls->client_auth == HM__TLS_REQUIRE
+                ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+            : tls->client_auth == HM__TLS_OPTIONAL ? GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY
+                                                   : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;
+        creds = grpc_ssl_server_credentials_create_ex(tls->ca_pem, &pair, 1, req, NULL);
+    } else {
+        creds = grpc_insecure_server_credentials_create();
+    }
     int port = grpc_server_add_http2_port(rt.server, o->cfg->grpc_addr, creds);
     grpc_server_credentials_release(creds);
     if (port <= 0) {
@@ -1252,8 +1387,11 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
             abort(); /* workers already running own calls: no clean way back */
         }
     }
-    HM_INFO("serving gRPC on %s with %d workers (+%d for health), %d methods", o->cfg->grpc_addr,
-            rt.nworkers - CONTROL_WORKERS, CONTROL_WORKERS, rt.nmethods);
+    HM_INFO("serving gRPC%s on %s with %d workers (+%d for health), %d methods",
+            !tls || !tls->on                                     ? ""
+            : tls->ca_pem && tls->client_auth == HM__TLS_REQUIRE ? " (mTLS)"
+                                                                 : " (TLS)",
+            o->cfg->grpc_addr, rt.nworkers - CONTROL_WORKERS, CONTROL_WORKERS, rt.nmethods);
     return 0;
 }
 

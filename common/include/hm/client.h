@@ -12,6 +12,7 @@
 #ifndef HM_CLIENT_H
 #define HM_CLIENT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "hm/server.h"
@@ -27,9 +28,27 @@ typedef struct hm_client_opts {
                                     pairs; more is an INTERNAL error) */
 } hm_client_opts_t;
 
+/* TLS for a client's channels. PEM text, copied by hm_client_set_tls(). */
+typedef struct hm_client_tls {
+    const char *root_pem;    /* CAs that sign servers' certificates; NULL = the system's roots */
+    const char *cert_pem;    /* client certificate chain for mTLS; NULL = none */
+    const char *key_pem;     /* its private key (with cert_pem) */
+    const char *server_name; /* name expected in servers' certificates; NULL = the target host */
+} hm_client_tls_t;
+
 /* Creates a client; destroy it after every call using it has returned. */
 hm_client_t *hm_client_create(int64_t max_message_bytes);
 void hm_client_destroy(hm_client_t *client);
+
+/*
+ * Makes channels created from now on speak TLS (mTLS with a client certificate); NULL turns
+ * it off again. Channels already cached keep their credentials: call it before the first call.
+ * Not thread-safe against concurrent calls.
+ */
+void hm_client_set_tls(hm_client_t *client, const hm_client_tls_t *tls);
+
+/* True when channels speak TLS. */
+bool hm_client_tls(const hm_client_t *client);
 
 /*
  * Calls `method` ("/pkg.Service/Method") on `target` with `req`. On OK, *resp is the decoded

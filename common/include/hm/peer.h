@@ -13,6 +13,7 @@
 
 #include <stdint.h>
 
+#include "hm/consul.h"
 #include "hm/server.h"
 
 typedef struct hm_peer_opts {
@@ -30,5 +31,19 @@ typedef struct hm_peer_opts {
 hm_status_t hm_peer_call(hm_call_t *parent, hm_arena_t *arena, const char *peer, const char *method,
                          const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
                          const hm_peer_opts_t *opts, ProtobufCMessage **resp);
+
+/* The Consul tag of daemons implementing hospitality.privacy.v1.DataSubjectService
+ * (hm_daemon_t.data_subject). */
+#define HM_DATA_SUBJECT_TAG "data-subject"
+
+/*
+ * The data-subject participants privacyd must ask for a guest's data, sorted by name: with
+ * Consul every service registered with HM_DATA_SUBJECT_TAG (hm_consul_resolve_tagged: a
+ * participant with no healthy instance is listed with addr ""), without it the names in
+ * HM_DATA_SUBJECT_PEERS, each with its HM_<PEER>_ADDR (or ""). Call each with hm_peer_call()
+ * by its `service` name. Fills up to `cap` entries; returns how many there are (may exceed
+ * cap), or HM_EUNAVAIL when Consul was never reached. Thread-safe.
+ */
+int hm_peer_data_subjects(hm_consul_peer_t *out, size_t cap);
 
 #endif

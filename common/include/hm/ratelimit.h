@@ -37,9 +37,14 @@
 /* The group of methods that name none. */
 #define HM_RATELIMIT_DEFAULT_GROUP "default"
 
-/* Most rules in HM_RATE_LIMITS; longest group name (letters, digits, '_', '-', '.'). */
+/* Most rules in HM_RATE_LIMITS; longest group name (letters, digits, '_', '-', '.'): long
+ * enough for a full service name, the group of methods that name none of their own. */
 #define HM_RATELIMIT_MAX_RULES 32
-#define HM_RATELIMIT_GROUP_MAX 32
+#define HM_RATELIMIT_GROUP_MAX 64
+
+/* The group service callers draw from when HM_RATE_LIMITS declares it (they are not limited
+ * otherwise: a peer's calls carry many end users' traffic under one principal). */
+#define HM_RATELIMIT_SERVICE_GROUP "service"
 
 /* Principals longer than this many bytes are keyed by their SHA-256 (hex), which bounds
  * the size of keys whatever the subject of a token looks like. */
@@ -77,6 +82,10 @@ void hm_ratelimit_destroy(hm_ratelimit_t *rl);
 
 /* True when at least one rule is configured. False for NULL. */
 bool hm_ratelimit_enabled(const hm_ratelimit_t *rl);
+
+/* True when HM_RATE_LIMITS has a rule named `group` itself (the "default" fallback does not
+ * count). False for NULL. */
+bool hm_ratelimit_has_group(const hm_ratelimit_t *rl, const char *group);
 
 /*
  * Takes one token for `principal` (NULL or "" share the bucket "-") from the bucket of

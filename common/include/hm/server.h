@@ -47,12 +47,19 @@ enum {
  * roles must intersect `roles`; with `self_field` set, a guest caller may only name itself in
  * that request field (e.g. "guest_id"); with `venue_field` set, a staff caller may only name
  * one of its venues there. Field names are top-level request fields (string type).
+ *
+ * `rate_group` names the token bucket (hm/ratelimit.h, HM_RATE_LIMITS) the method draws from,
+ * one per caller: methods sharing a group share a caller's budget. NULL means the service's
+ * full name ("hospitality.guest.v1.GuestService"); a group without a rule of its own draws
+ * from the "default" rule. Callers are keyed by principal subject (open methods: by client
+ * address); service callers draw from the "service" rule only when one is declared.
  */
 typedef struct hm_policy {
     bool open;               /* no credentials needed */
     unsigned roles;          /* HM_ROLE_* allowed; admin and service are always allowed */
     const char *self_field;  /* request field a guest caller must fill with its own subject */
     const char *venue_field; /* request field a staff caller must fill with one of its venues */
+    const char *rate_group;  /* rate limit group; NULL = the service name */
 } hm_policy_t;
 
 /* The handler of one RPC: decode and encode are done by the runtime. `req` is the decoded
@@ -179,6 +186,9 @@ typedef struct hm_daemon {
     const hm_daemon_consumer_t *consumer; /* NULL: the daemon consumes no events */
     const hm_task_t *tasks;               /* periodic jobs (may be NULL) */
     size_t ntasks;
+    /* Implements hospitality.privacy.v1.DataSubjectService: registered in Consul with the
+     * "data-subject" tag, so privacyd finds it (hm_peer_data_subjects in hm/peer.h). */
+    bool data_subject;
 } hm_daemon_t;
 
 /*

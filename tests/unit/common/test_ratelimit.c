@@ -140,6 +140,7 @@ static void test_parse(void **state)
         "default=50/1s:100,write=10/1s:20",
         "default=5/200ms",
         "a.b-c_d=1/24h:1000000",
+        "hospitality.gamification.v1.GamificationService=5/1s",
         "x=1000000/1ms:1",
         "read=100/1m:200",
     };
@@ -165,7 +166,8 @@ static void test_parse(void **state)
         {"default=5/1s,", "empty entry"},
         {",default=5/1s", "empty entry"},
         {"a=1/1s,,b=1/1s", "empty entry"},
-        {"averyveryveryveryveryverylonggroupname=1/1s", "want group=rate/period"},
+        {"averyveryveryveryveryveryveryveryveryveryveryveryveryverylonggroupname=1/1s",
+         "want group=rate/period"},
     };
     hm_ratelimit_config_t cfg;
     char err[256];
@@ -175,6 +177,16 @@ static void test_parse(void **state)
         hm_ratelimit_t *rl = limiter(good[i]);
 
         assert_true(hm_ratelimit_enabled(rl));
+        hm_ratelimit_destroy(rl);
+    }
+    /* A group's own rule, not the "default" fallback, counts for hm_ratelimit_has_group. */
+    {
+        hm_ratelimit_t *rl = limiter("default=50/1s:100,service=1000/1s");
+
+        assert_true(hm_ratelimit_has_group(rl, "service"));
+        assert_true(hm_ratelimit_has_group(rl, "default"));
+        assert_false(hm_ratelimit_has_group(rl, "write"));
+        assert_false(hm_ratelimit_has_group(NULL, "service"));
         hm_ratelimit_destroy(rl);
     }
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
