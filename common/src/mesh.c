@@ -38,7 +38,8 @@ typedef struct mesh_config {
     const char *data_subject_peers; /* HM_DATA_SUBJECT_PEERS: "guestd,bookingd,..." */
 } mesh_config_t;
 
-#define MESH(field, nm, ty, df, ch, hp) HM_CFG_VAR(mesh_config_t, field, nm, ty, df, 1, 0, ch, 0, hp)
+#define MESH(field, nm, ty, df, ch, hp)                                                            \
+    HM_CFG_VAR(mesh_config_t, field, nm, ty, df, 1, 0, ch, 0, hp)
 
 static const hm_cfg_var_t mesh_vars[] = {
     MESH(tls_cert, "HM_TLS_CERT", HM_CFG_STR, NULL, NULL,
@@ -102,7 +103,8 @@ static int load_tls(char *err, size_t errlen)
 {
     mesh_config_t *c = &mesh.cfg;
     if (set(c->tls_cert) != set(c->tls_key)) {
-        snprintf(err, errlen, "%s: required with %s", set(c->tls_cert) ? "HM_TLS_KEY" : "HM_TLS_CERT",
+        snprintf(err, errlen, "%s: required with %s",
+                 set(c->tls_cert) ? "HM_TLS_KEY" : "HM_TLS_CERT",
                  set(c->tls_cert) ? "HM_TLS_CERT" : "HM_TLS_KEY");
         return HM_EINVAL;
     }
@@ -139,8 +141,7 @@ static int load_tls(char *err, size_t errlen)
     return 0;
 }
 
-int hm__mesh_load(const hm_daemon_t *d, const hm_common_config_t *common, char *err,
-                  size_t errlen)
+int hm__mesh_load(const hm_daemon_t *d, const hm_common_config_t *common, char *err, size_t errlen)
 {
     if (hm_config_load(mesh_vars, mesh_nvars, &mesh.cfg, err, errlen) ||
         hm_config_load(hm_consul_config_vars, hm_consul_config_nvars, &mesh.consul_cfg, err,
@@ -154,8 +155,8 @@ int hm__mesh_load(const hm_daemon_t *d, const hm_common_config_t *common, char *
     mesh.limiter = hm_ratelimit_create(&mesh.rl_cfg, d->name, err, errlen);
     if (!mesh.limiter)
         return HM_EINVAL;
-    mesh.consul = hm_consul_create(&mesh.consul_cfg, d->name, HM_VERSION, common->grpc_addr, err,
-                                   errlen);
+    mesh.consul =
+        hm_consul_create(&mesh.consul_cfg, d->name, HM_VERSION, common->grpc_addr, err, errlen);
     if (!mesh.consul)
         return HM_EINVAL;
     if (d->data_subject && hm_consul_add_tag(mesh.consul, HM_DATA_SUBJECT_TAG) != 0) {

@@ -51,9 +51,9 @@ static hm_status_t meshd_call_peer(hm_call_t *call, const ProtobufCMessage *in,
     echo.text = req->text;
     if (!req->peer[0])
         return hm_call_invalid(call, "peer", "peer is required");
-    hm_status_t st = hm_peer_call(call, &call->arena, req->peer, "/hm.test.mesh.v1.MeshTest/EchoAuth",
-                                  &echo.base, &hm__test__mesh__v1__echo_response__descriptor,
-                                  NULL, &out);
+    hm_status_t st =
+        hm_peer_call(call, &call->arena, req->peer, "/hm.test.mesh.v1.MeshTest/EchoAuth",
+                     &echo.base, &hm__test__mesh__v1__echo_response__descriptor, NULL, &out);
     if (hm_status_ok(st))
         *resp = out;
     return st;
@@ -86,7 +86,7 @@ static hm_status_t meshd_participants(hm_call_t *call, const ProtobufCMessage *r
 
 #define MESH_METHOD(rpc, req, resp, fn, ...)                                                       \
     {                                                                                              \
-        "/hm.test.mesh.v1.MeshTest/" #rpc, &hm__test__mesh__v1__##req##__descriptor,                \
+        "/hm.test.mesh.v1.MeshTest/" #rpc, &hm__test__mesh__v1__##req##__descriptor,               \
             &hm__test__mesh__v1__##resp##__descriptor, fn, __VA_ARGS__                             \
     }
 
