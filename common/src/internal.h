@@ -92,6 +92,14 @@ hm__tasks_t *hm__tasks_start(const hm_task_t *tasks, size_t n, const hm_common_c
 void hm__tasks_stop(hm__tasks_t *t);
 void hm__tasks_metrics(const hm__tasks_t *t, FILE *out);
 
+/* Server reflection (reflection.c): the index of the embedded descriptor set, built once at
+ * start; the services of `services` (and health, reflection) are what list_services names. */
+int hm__reflection_init(const hm_service_t *const *services, size_t n);
+void hm__reflection_deinit(void);
+/* One ServerReflectionRequest -> one ServerReflectionResponse (malloc'd into *out; the caller
+ * frees it). 0, or HM_EINVAL when the request does not decode. Thread-safe after init. */
+int hm__reflection_answer(const uint8_t *in, size_t inlen, uint8_t **out, size_t *outlen);
+
 /* Admin HTTP port: /metrics, /healthz, /readyz. */
 int hm__admin_start(const char *addr, char *err, size_t errlen);
 void hm__admin_stop(void);

@@ -54,6 +54,8 @@
 #define ERROR_DOMAIN    "hospitality.mesh"
 #define HEALTH_CHECK    "/grpc.health.v1.Health/Check"
 #define HEALTH_WATCH    "/grpc.health.v1.Health/Watch"
+#define REFLECTION_V1   "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+#define REFLECTION_V1A  "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 #define LATENCY_BUCKETS 14
 #define DRAIN_POSTS     16   /* requests posted per method per worker while draining */
 #define MAX_WATCHES     1024 /* concurrent health Watch streams per process */
@@ -71,6 +73,7 @@ typedef enum tag_kind {
     TAG_GENERIC, /* the posted generic request (unknown method) completed */
     TAG_DONE,    /* a call's final batch (or a Watch stream's send batch) completed */
     TAG_CLOSE,   /* a Watch stream's RECV_CLOSE_ON_SERVER completed */
+    TAG_RECV,    /* a reflection stream's RECV_MESSAGE completed */
 } tag_kind_t;
 
 typedef struct tag {
@@ -79,7 +82,12 @@ typedef struct tag {
 
 #define container_of(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
-typedef enum builtin { BUILTIN_NONE, BUILTIN_HEALTH_CHECK, BUILTIN_HEALTH_WATCH } builtin_t;
+typedef enum builtin {
+    BUILTIN_NONE,
+    BUILTIN_HEALTH_CHECK,
+    BUILTIN_HEALTH_WATCH,
+    BUILTIN_REFLECTION, /* bidi stream: no payload read by the core */
+} builtin_t;
 
 /* A registered method: the daemon's, or a built-in health method. Immutable after start. */
 typedef struct rt_method {
@@ -114,7 +122,8 @@ typedef struct generic_slot {
 typedef struct call_impl {
     hm_call_t pub;          /* what handlers see; first member */
     tag_t done;             /* final batch / Watch send batch */
-    tag_t close;            /* Watch RECV_CLOSE_ON_SERVER */
+    tag_t close;            /* Watch/reflection RECV_CLOSE_ON_SERVER */
+    tag_t recv;             /* reflection RECV_MESSAGE */
     grpc_call *call;        /* owned reference; unref'd when refs reaches 0 */
     grpc_metadata_array md; /* request metadata; slices die with the call */
     int refs;               /* outstanding batches; the call is freed at 0 */
@@ -135,7 +144,11 @@ typedef struct call_impl {
     bool send_pending;      /* a send batch is outstanding */
     bool finishing;         /* the final status has been sent */
     bool closed;            /* RECV_CLOSE_ON_SERVER completed: the call is over */
-    struct call_impl *next; /* Watch list or free list */
+    /* Reflection streams only (on the `watches` list too, for the drain). */
+    bool reflecting;           /* a ServerReflectionInfo stream */
+    bool recv_pending;         /* a RECV_MESSAGE batch is outstanding */
+    grpc_byte_buffer *recv_bb; /* its target */
+    struct call_impl *next;    /* Watch list or free list */
     char request_id[48];
     bool traced;    /* span started: end it in call_done */
     hm_span_t span; /* the server span; ids also in the log context */
@@ -485,6 +498,7 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
         hm_arena_init(&c->pub.arena, 0);
         c->done.kind = TAG_DONE;
         c->close.kind = TAG_CLOSE;
+        c->recv.kind = TAG_RECV;
     }
     c->next = NULL;
     c->method = method;
@@ -501,6 +515,9 @@ static call_impl_t *call_new(hm_worker_t *w, int method)
     c->send_pending = false;
     c->finishing = false;
     c->closed = false;
+    c->reflecting = false;
+    c->recv_pending = false;
+    c->recv_bb = NULL;
     c->pub.method = method >= 0 ? rt.methods[method].m : NULL;
     c->pub.db = w->db;
     c->pub.cache = w->cache;
@@ -528,7 +545,7 @@ static void call_done(hm_worker_t *w, call_impl_t *c)
     hm_code_t code = c->code;
     if (c->cancelled)
         code = hm_call_remaining_ms(&c->pub) <= 0 ? HM_CODE_DEADLINE_EXCEEDED : HM_CODE_CANCELLED;
-    count_call(w, c->method, code, c->watch_name ? -1 : dur);
+    count_call(w, c->method, code, c->watch_name || c->reflecting ? -1 : dur);
     access_log(c, code, dur);
     if (c->traced) {
         if (hm_span_recording(rt.tracer, &c->span)) {
@@ -548,6 +565,8 @@ static void call_free(hm_worker_t *w, call_impl_t *c)
         atomic_fetch_sub(&rt.watches, 1);
     if (c->send_bb)
         grpc_byte_buffer_destroy(c->send_bb);
+    if (c->recv_bb)
+        grpc_byte_buffer_destroy(c->recv_bb);
     grpc_slice_unref(c->status_slice);
     for (size_t i = 0; i < c->ntrailing; i++)
         grpc_slice_unref(c->trailing_md[i].value);
@@ -899,6 +918,150 @@ static void watch_event(hm_worker_t *w, call_impl_t *c, tag_kind_t kind)
     call_unref(w, c);
 }
 
+/* ---- reflection streams ---- */
+
+/* Ends a reflection stream with `code` (the client's next message, if any, is ignored). */
+static void reflect_finish(hm_worker_t *w, call_impl_t *c, grpc_status_code code, const char *msg)
+{
+    grpc_op ops[2];
+    memset(ops, 0, sizeof(ops));
+    size_t n = 0;
+    if (c->last_sent < 0) {
+        init_metadata(c);
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[n].data.send_initial_metadata.count = 1;
+        ops[n].data.send_initial_metadata.metadata = c->initial_md;
+        n++;
+        c->last_sent = 0;
+    }
+    grpc_slice_unref(c->status_slice);
+    c->status_slice = grpc_slice_from_static_string(msg);
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = code;
+    ops[n].data.send_status_from_server.status_details = msg[0] ? &c->status_slice : NULL;
+    n++;
+    c->finishing = true;
+    c->code = (hm_code_t)code;
+    c->send_pending = true;
+    c->refs++;
+    if (grpc_call_start_batch(c->call, ops, n, &c->done, NULL) != GRPC_CALL_OK) {
+        c->send_pending = false;
+        call_unref(w, c);
+    }
+}
+
+/* Waits for the client's next request message. */
+static void reflect_recv(hm_worker_t *w, call_impl_t *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->recv_bb;
+    c->recv_bb = NULL;
+    c->recv_pending = true;
+    c->refs++;
+    if (grpc_call_start_batch(c->call, &op, 1, &c->recv, NULL) != GRPC_CALL_OK) {
+        c->recv_pending = false;
+        call_unref(w, c);
+    }
+}
+
+static void reflect_start(hm_worker_t *w, call_impl_t *c)
+{
+    c->reflecting = true;
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    c->refs++;
+    if (grpc_call_start_batch(c->call, &op, 1, &c->close, NULL) != GRPC_CALL_OK) {
+        call_unref(w, c);
+        return;
+    }
+    c->next = w->watches;
+    w->watches = c;
+    reflect_recv(w, c);
+}
+
+/* A request message arrived (or the client half-closed: recv_bb NULL): answer it. */
+static void reflect_received(hm_worker_t *w, call_impl_t *c, bool ok)
+{
+    c->recv_pending = false;
+    grpc_byte_buffer *bb = c->recv_bb;
+    c->recv_bb = NULL;
+    if (!ok || c->closed || c->finishing) {
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+    } else if (!bb) {
+        reflect_finish(w, c, GRPC_STATUS_OK, "");
+    } else {
+        grpc_byte_buffer_reader reader;
+        grpc_slice all = grpc_empty_slice();
+        if (grpc_byte_buffer_reader_init(&reader, bb)) {
+            all = grpc_byte_buffer_reader_readall(&reader);
+            grpc_byte_buffer_reader_destroy(&reader);
+        }
+        grpc_byte_buffer_destroy(bb);
+        uint8_t *out = NULL;
+        size_t outlen = 0;
+        int rc =
+            hm__reflection_answer(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all), &out, &outlen);
+        grpc_slice_unref(all);
+        if (rc != 0) {
+            reflect_finish(w, c, GRPC_STATUS_INVALID_ARGUMENT,
+                           "reflection request could not be decoded");
+        } else {
+            grpc_slice s = grpc_slice_from_copied_buffer((const char *)out, outlen);
+            free(out);
+            if (c->send_bb)
+                grpc_byte_buffer_destroy(c->send_bb);
+            c->send_bb = grpc_raw_byte_buffer_create(&s, 1);
+            grpc_slice_unref(s);
+            grpc_op ops[2];
+            memset(ops, 0, sizeof(ops));
+            size_t n = 0;
+            if (c->last_sent < 0) {
+                init_metadata(c);
+                ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+                ops[n].data.send_initial_metadata.count = 1;
+                ops[n].data.send_initial_metadata.metadata = c->initial_md;
+                n++;
+                c->last_sent = 0;
+            }
+            ops[n].op = GRPC_OP_SEND_MESSAGE;
+            ops[n].data.send_message.send_message = c->send_bb;
+            n++;
+            c->send_pending = true;
+            c->refs++;
+            if (grpc_call_start_batch(c->call, ops, n, &c->done, NULL) != GRPC_CALL_OK) {
+                c->send_pending = false;
+                call_unref(w, c);
+            }
+        }
+    }
+    call_unref(w, c); /* the receive batch's reference */
+}
+
+/* A send batch completed: wait for the next request, unless the stream is ending. */
+static void reflect_sent(hm_worker_t *w, call_impl_t *c)
+{
+    c->send_pending = false;
+    if (!c->finishing && !c->closed) {
+        if (atomic_load(&rt.draining))
+            reflect_finish(w, c, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+        else
+            reflect_recv(w, c);
+    }
+    call_unref(w, c);
+}
+
+/* Draining: a stream idle between requests is ended so the drain need not wait for it. */
+static void reflect_drain(hm_worker_t *w, call_impl_t *c)
+{
+    if (!c->closed && !c->finishing && !c->send_pending)
+        reflect_finish(w, c, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+}
+
 /* ---- serving ---- */
 
 /* Whether worker w serves method m: control workers serve the built-ins, the others the rest. */
@@ -926,9 +1089,12 @@ static void post_request(hm_worker_t *w, slot_t *s)
     s->payload = NULL;
     s->posted = true;
     __atomic_fetch_add(&w->posted_n, 1, __ATOMIC_RELAXED);
-    grpc_call_error e = grpc_server_request_registered_call(rt.server, rt.methods[s->method].handle,
-                                                            &s->call, &s->deadline, &s->md,
-                                                            &s->payload, w->cq, w->cq, &s->tag);
+    /* Streams registered without a payload must not ask for one (PAYLOAD_TYPE_MISMATCH). */
+    grpc_byte_buffer **payload =
+        rt.methods[s->method].builtin == BUILTIN_REFLECTION ? NULL : &s->payload;
+    grpc_call_error e =
+        grpc_server_request_registered_call(rt.server, rt.methods[s->method].handle, &s->call,
+                                            &s->deadline, &s->md, payload, w->cq, w->cq, &s->tag);
     pthread_rwlock_unlock(&rt.post_lock);
     if (e != GRPC_CALL_OK) {
         __atomic_fetch_sub(&w->posted_n, 1, __ATOMIC_RELAXED);
@@ -1070,6 +1236,11 @@ static void serve_registered(hm_worker_t *w, slot_t *s, bool ok)
     s->payload = NULL;
     set_deadline(c, s->deadline);
     set_request_id(w, c);
+    if (m->builtin == BUILTIN_REFLECTION) {
+        reflect_start(w, c);
+        repost(w, s);
+        return;
+    }
     c->pub.traceparent = metadata_value(c, "traceparent");
     /* Health probes get a span only when the caller asked for one (a traceparent). */
     if (!m->builtin || c->pub.traceparent) {
@@ -1172,7 +1343,10 @@ static void housekeeping(hm_worker_t *w)
         w->health_gen = gen;
         for (call_impl_t *c = w->watches, *next; c; c = next) {
             next = c->next;
-            watch_pump(w, c);
+            if (!c->reflecting)
+                watch_pump(w, c);
+            else if (draining)
+                reflect_drain(w, c);
         }
     }
     if (atomic_load(&rt.stopping) && w->live == 0 && !w->cq_shut) {
@@ -1210,6 +1384,8 @@ static void *worker_main(void *arg)
                 call_impl_t *c = container_of(t, call_impl_t, done);
                 if (c->watch_name)
                     watch_event(w, c, TAG_DONE);
+                else if (c->reflecting)
+                    reflect_sent(w, c);
                 else
                     call_unref(w, c);
                 break;
@@ -1218,10 +1394,17 @@ static void *worker_main(void *arg)
                 call_impl_t *c = container_of(t, call_impl_t, close);
                 if (c->watch_name)
                     watch_event(w, c, TAG_CLOSE);
-                else
+                else if (c->reflecting) {
+                    c->closed = true;
+                    watch_unlink(w, c);
+                    call_unref(w, c);
+                } else
                     call_unref(w, c);
                 break;
             }
+            case TAG_RECV:
+                reflect_received(w, container_of(t, call_impl_t, recv), ev.success);
+                break;
             }
         }
         housekeeping(w);
@@ -1246,8 +1429,10 @@ static int add_method(int *n, const char *name, const hm_method_t *m, const char
     r->m = m;
     r->rate_group = m ? (m->policy.rate_group ? m->policy.rate_group : service) : NULL;
     r->builtin = b;
-    r->handle = grpc_server_register_method(rt.server, name, NULL,
-                                            GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+    r->handle = grpc_server_register_method(
+        rt.server, name, NULL,
+        b == BUILTIN_REFLECTION ? GRPC_SRM_PAYLOAD_NONE : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER,
+        0);
     if (!r->handle) {
         snprintf(err, errlen, "cannot register method %s (registered twice?)", name);
         return HM_EINVAL;
@@ -1313,7 +1498,9 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
     grpc_channel_args cargs = {3, args};
     rt.server = grpc_server_create(&cargs, NULL);
 
-    size_t total = 2;
+    bool reflection =
+        hm__reflection_enabled() && hm__reflection_init(d->services, d->nservices) == 0;
+    size_t total = 4;
     for (size_t i = 0; i < d->nservices; i++)
         total += d->services[i]->nmethods;
     rt.methods = hm_xcalloc(total, sizeof(*rt.methods));
@@ -1321,6 +1508,10 @@ int hm__server_start(const hm__runtime_opts_t *o, char *err, size_t errlen)
     rc = add_method(&n, HEALTH_CHECK, NULL, NULL, BUILTIN_HEALTH_CHECK, err, errlen);
     if (!rc)
         rc = add_method(&n, HEALTH_WATCH, NULL, NULL, BUILTIN_HEALTH_WATCH, err, errlen);
+    if (!rc && reflection)
+        rc = add_method(&n, REFLECTION_V1, NULL, NULL, BUILTIN_REFLECTION, err, errlen);
+    if (!rc && reflection)
+        rc = add_method(&n, REFLECTION_V1A, NULL, NULL, BUILTIN_REFLECTION, err, errlen);
     for (size_t i = 0; !rc && i < d->nservices; i++)
         for (size_t k = 0; !rc && k < d->services[i]->nmethods; k++)
             rc = add_method(&n, d->services[i]->methods[k].name, &d->services[i]->methods[k],
@@ -1479,4 +1670,5 @@ void hm__server_release(void)
     rt.workers = NULL;
     free(rt.methods);
     rt.methods = NULL;
+    hm__reflection_deinit();
 }
