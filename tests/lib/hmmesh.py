@@ -111,6 +111,36 @@ class RedisServer:
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start on %s" % self.addr)
 
+    def command(self, *args):
+        """One command over RESP (a minimal client: replies as str, int, list or None;
+        errors raise)."""
+        import socket
+
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            out = "*%d\r\n" % len(args) + "".join(
+                "$%d\r\n%s\r\n" % (len(str(a).encode()), a) for a in args)
+            sock.sendall(out.encode())
+            f = sock.makefile("rb")
+
+            def read():
+                line = f.readline().rstrip(b"\r\n")
+                kind, rest = line[:1], line[1:]
+                if kind == b"+":
+                    return rest.decode()
+                if kind == b"-":
+                    raise RuntimeError("redis: " + rest.decode())
+                if kind == b":":
+                    return int(rest)
+                if kind == b"$":
+                    n = int(rest)
+                    return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
+                if kind == b"*":
+                    n = int(rest)
+                    return None if n < 0 else [read() for _ in range(n)]
+                raise RuntimeError("redis: bad reply %r" % line)
+
+            return read()
+
     def cli(self, *args):
         r = subprocess.run(["redis-cli", "-p", str(self.port)] + list(args),
                            capture_output=True, text=True, timeout=10)
