@@ -24,17 +24,16 @@ The daemon is HM_TEST_DAEMON (default guestd), executable HM_TEST_DAEMON_EXE.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
 import hmtest  # noqa: E402
 from hmtest import NOT_SERVING, SERVING  # noqa: E402
+from hmmesh import PostgresCluster  # noqa: E402
 
 GRACE_S = 3
 GOAWAY_WINDOW_S = 0.1  # longest time after SIGTERM a client may still start a call on
@@ -42,7 +41,6 @@ GOAWAY_WINDOW_S = 0.1  # longest time after SIGTERM a client may still start a c
 GOAWAY_TRANSIT_S = 0.02  # a call sent this long before SIGTERM may still be on the wire
                          # (unread by the server) when the shutdown starts: same race
 CLIENTS = 6
-PG_BIN = os.environ.get("HM_PG_BIN") or "/usr/lib/postgresql/15/bin"
 
 
 def grpc():
@@ -399,63 +397,6 @@ class DrainBlockedCalls(hmtest.TestCase):
         finally:
             lock.release()
             d.close()
-
-
-class PostgresCluster:
-    """A small throwaway Postgres cluster of its own (unix socket only), stoppable at will."""
-
-    def __init__(self):
-        base = os.environ.get("HM_TEST_TMPDIR") or tempfile.gettempdir()
-        self.dir = tempfile.mkdtemp(prefix="hm-fault-pg-", dir=base)
-        os.chmod(self.dir, 0o755)
-        self.data = os.path.join(self.dir, "data")
-        self.sock = self.dir
-        self.port = hmtest.alloc_ports(1, hmtest.test_name() + "-pg")[0]
-        self.root = os.geteuid() == 0
-        if self.root:
-            shutil.chown(self.dir, "postgres", "postgres")
-
-    def _run(self, args, timeout=60):
-        cmd = (["runuser", "-u", "postgres", "--"] if self.root else []) + args
-        r = subprocess.run(cmd, cwd="/", capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL)
-        if r.returncode != 0:
-            raise RuntimeError("%s failed: %s%s" % (" ".join(args), r.stdout, r.stderr))
-
-    def init(self):
-        self._run([PG_BIN + "/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-N",
-                   "--no-instructions"])
-
-    def start(self):
-        opts = ("-k %s -p %d -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=20"
-                % (self.sock, self.port))
-        self._run([PG_BIN + "/pg_ctl", "-D", self.data, "-o", opts, "-l",
-                   os.path.join(self.dir, "log"), "-w", "-t", "30", "start"])
-
-    def stop(self):
-        self._run([PG_BIN + "/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30", "stop"])
-
-    def createdb(self, name):
-        r = subprocess.run(["psql", "-X", "-q", "-h", self.sock, "-p", str(self.port), "-U",
-                            "postgres", "-d", "postgres", "-c", 'CREATE DATABASE "%s"' % name],
-                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if r.returncode != 0:
-            raise RuntimeError(r.stderr)
-
-    def conninfo(self, db):
-        return "host=%s port=%d dbname=%s user=postgres connect_timeout=2" % (
-            self.sock, self.port, db)
-
-    def destroy(self):
-        try:
-            if os.path.exists(os.path.join(self.data, "postmaster.pid")):
-                self._run([PG_BIN + "/pg_ctl", "-D", self.data, "-m", "immediate", "-w",
-                           "stop"])
-        except Exception as e:
-            hmtest.log("could not stop the test cluster: %s" % e)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        hmtest.release_port(self.port)
 
 
 class PostgresOutage(hmtest.TestCase):
