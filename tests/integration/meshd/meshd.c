@@ -4,10 +4,12 @@
  *
  * Its name comes from HM_TEST_MESHD_NAME (default "meshd"), so a test can run "alpha" and
  * "beta" side by side and have one find the other by name; HM_TEST_MESHD_DATA_SUBJECT=1 makes
- * it a data-subject participant (the Consul tag). Methods: see meshd.proto.
+ * it a data-subject participant (the Consul tag). Methods: see meshd.proto; Echo and EchoAuth
+ * with text "sleep:<ms>" hold the call that long (at most 5 s).
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "hm/auth.h"
 #include "hm/migrate.h"
@@ -37,7 +39,17 @@ static echo_resp_t *answer(hm_call_t *call, const char *text)
 
 static hm_status_t meshd_echo(hm_call_t *call, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
-    *resp = &answer(call, ((const echo_req_t *)req)->text)->base;
+    const char *text = ((const echo_req_t *)req)->text;
+    /* "sleep:<ms>" holds the call (at most 5 s) so tests can see it in flight. */
+    if (strncmp(text, "sleep:", 6) == 0) {
+        long ms = strtol(text + 6, NULL, 10);
+        struct timespec ts = {0, 0};
+        ms = ms < 0 ? 0 : ms > 5000 ? 5000 : ms;
+        ts.tv_sec = ms / 1000;
+        ts.tv_nsec = (ms % 1000) * 1000000;
+        nanosleep(&ts, NULL);
+    }
+    *resp = &answer(call, text)->base;
     return HM_STATUS_OK;
 }
 
