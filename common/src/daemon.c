@@ -162,6 +162,15 @@ static void consumer_metrics(FILE *out)
             (unsigned long long)c.dead_letters, (long long)c.lag, (long long)c.pending);
 }
 
+static void (*_Atomic metrics_hook)(FILE *, void *); /* the daemon's own families */
+static void *_Atomic metrics_hook_arg;
+
+void hm_metrics_hook(void (*fn)(FILE *out, void *arg), void *arg)
+{
+    metrics_hook_arg = arg;
+    metrics_hook = fn;
+}
+
 void hm__metrics_extra(FILE *out)
 {
     if (relay) {
@@ -208,6 +217,9 @@ void hm__metrics_extra(FILE *out)
             "# TYPE hm_ready gauge\nhm_ready %d\n",
             hm__health_ready() ? 1 : 0);
     hm_tracer_metrics(tracer, out);
+    void (*hook)(FILE *, void *) = metrics_hook;
+    if (hook)
+        hook(out, metrics_hook_arg);
 }
 
 static void usage(FILE *out, const hm_daemon_t *d)

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <protobuf-c/protobuf-c.h>
 
@@ -219,5 +220,12 @@ int hm_call_publish(hm_call_t *call, hm_db_t *db, const char *type, const char *
 /* The same outside a call (consumers, tasks): `traceparent` may be NULL. */
 int hm_publish(hm_db_t *db, hm_arena_t *arena, const char *type, const char *subject,
                const char *traceparent, const ProtobufCMessage *payload);
+
+/*
+ * Adds the daemon's own metric families to /metrics: fn(out, arg) runs on the admin thread at
+ * every scrape, after the runtime's families, and writes Prometheus text format (HELP and TYPE
+ * lines included). Call it from init; one hook per process (a later call replaces it).
+ */
+void hm_metrics_hook(void (*fn)(FILE *out, void *arg), void *arg);
 
 #endif
