@@ -19,7 +19,7 @@
 
 HM_PG_BIN=${HM_PG_BIN:-/usr/lib/postgresql/15/bin}
 # One database per daemon.
-HM_DATABASES=(guestd bookingd recommenderd gamificationd privacyd)
+HM_DATABASES=(guestd bookingd recommenderd gamificationd privacyd partnersim)
 HM_STACK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 hm_err() { printf '%s: %s\n' "${HM_PROG:-stack}" "$*" >&2; }
