@@ -387,12 +387,20 @@ static int finalize_fn(hm_db_t *db, void *arg)
     return saga_end(db, t->saga, "done");
 }
 
+/* How far a create saga got: which partner calls its compensation must undo. Recovery does
+ * not know (the step log may lag the partner) and undoes both: by key, both are harmless when
+ * nothing was made (the partner keeps a tombstone). */
+enum { REACHED_RESERVE = 1, REACHED_PAYMENT = 2 };
+
 /* Compensates a create saga: intent cancelled and hold released by key, provisional row
  * dropped, saga marked compensated. 0, or the error that leaves it for recovery. */
 static int compensate_create(hm_call_t *call, hm_db_t *db, hm_arena_t *arena, const char *saga,
-                             const char *booking_id, const char *rkey, const char *pkey)
+                             const char *booking_id, const char *rkey, const char *pkey,
+                             int reached)
 {
-    hm_status_t st = cancel_intent(call, arena, NULL, pkey, "booking saga compensation");
+    hm_status_t st = HM_STATUS_OK;
+    if (reached >= REACHED_PAYMENT)
+        st = cancel_intent(call, arena, NULL, pkey, "booking saga compensation");
     if (!hm_status_ok(st) && st.code != HM_CODE_FAILED_PRECONDITION) {
         step(db, saga, "compensate", "failed", jobj(arena, "payment", hm_code_name(st.code), NULL));
         return HM_EUNAVAIL;
@@ -449,10 +457,11 @@ static char *metadata_json(hm_arena_t *arena,
 
 /* A failure after the saga started: compensate, store the outcome, answer. */
 static hm_status_t create_fail(hm_call_t *call, const char *saga, const char *booking_id,
-                               const char *rkey, const char *pkey, bk_idem_t *idem, hm_status_t st)
+                               const char *rkey, const char *pkey, bk_idem_t *idem, int reached,
+                               hm_status_t st)
 {
     hm_db_t *db = call->db;
-    if (compensate_create(call, db, &call->arena, saga, booking_id, rkey, pkey) != 0)
+    if (compensate_create(call, db, &call->arena, saga, booking_id, rkey, pkey, reached) != 0)
         HM_WARN("saga %s: compensation incomplete, left to recovery", saga);
     bk_idem_finish(call, db, idem, st, NULL, NULL);
     SAGA_RETURN(st);
@@ -509,7 +518,7 @@ hm_status_t bk_create_saga(hm_call_t *call,
     if (!hm_status_ok(st)) {
         step(db, saga, "reserve", "failed",
              jobj(&call->arena, "code", hm_code_name(st.code), NULL));
-        return create_fail(call, saga, booking_id, rkey, pkey, idem,
+        return create_fail(call, saga, booking_id, rkey, pkey, idem, REACHED_RESERVE,
                            partner_failure(call, st, "inventory reservation failed"));
     }
     step(db, saga, "reserve", "done",
@@ -522,7 +531,7 @@ hm_status_t bk_create_saga(hm_call_t *call,
     if (bk_seal(call, "name", booking_id, req->guest_name, &name, &nl) != 0 ||
         bk_seal(call, "email", booking_id, req->guest_email, &email, &el) != 0 ||
         bk_seal(call, "phone", booking_id, req->guest_phone, &phone, &pl) != 0)
-        return create_fail(call, saga, booking_id, rkey, pkey, idem,
+        return create_fail(call, saga, booking_id, rkey, pkey, idem, REACHED_RESERVE,
                            hm_call_fail(call, HM_ECRYPTO, "seal personal data"));
     const char *reference = NULL;
     for (int attempt = 0; attempt < 4; attempt++) {
@@ -577,10 +586,10 @@ hm_status_t bk_create_saga(hm_call_t *call,
             c = hm_call_error(call, HM_CODE_ALREADY_EXISTS, "BOOKING_CONFLICT",
                               "inventory item %s is already booked for an overlapping window",
                               res->inventory_item_id);
-        return create_fail(call, saga, booking_id, rkey, pkey, idem, c);
+        return create_fail(call, saga, booking_id, rkey, pkey, idem, REACHED_RESERVE, c);
     }
     if (rc != 0)
-        return create_fail(call, saga, booking_id, rkey, pkey, idem,
+        return create_fail(call, saga, booking_id, rkey, pkey, idem, REACHED_RESERVE,
                            hm_call_fail(call, rc, "store booking"));
     step(db, saga, "record", "done", jobj(&call->arena, "reference", reference, NULL));
 
@@ -596,7 +605,7 @@ hm_status_t bk_create_saga(hm_call_t *call,
             step(db, saga, "payment", "failed",
                  jobj(&call->arena, "code", hm_code_name(st.code), NULL));
             return create_fail(
-                call, saga, booking_id, rkey, pkey, idem,
+                call, saga, booking_id, rkey, pkey, idem, REACHED_PAYMENT,
                 partner_failure(call, st,
                                 "payment intent failed (inventory released, no booking made)"));
         }
@@ -618,7 +627,7 @@ hm_status_t bk_create_saga(hm_call_t *call,
         SAGA_RETURN(hm_call_fail(call, rc, "finish booking"));
     }
     if (rc != 0)
-        return create_fail(call, saga, booking_id, rkey, pkey, idem,
+        return create_fail(call, saga, booking_id, rkey, pkey, idem, REACHED_PAYMENT,
                            hm_call_fail(call, rc, "finish booking"));
     step(db, saga, "finish", "done", NULL);
     bk_metric_booking("created", req->venue_type, q.total);
@@ -1094,9 +1103,10 @@ int bk_task_recover(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, void *app
         }
         HM_WARN("saga %s (%s of booking %s) was interrupted: compensating", saga, kind, booking);
         step(db, saga, "recover", "started", NULL);
-        int crc = strcmp(kind, "create") == 0
-                      ? compensate_create(NULL, db, arena, saga, booking, rkey, pkey)
-                      : compensate_update(NULL, db, arena, saga, booking, rkey, pkey);
+        int crc =
+            strcmp(kind, "create") == 0
+                ? compensate_create(NULL, db, arena, saga, booking, rkey, pkey, REACHED_PAYMENT)
+                : compensate_update(NULL, db, arena, saga, booking, rkey, pkey);
         if (crc == 0 && hm_db_get(r, i, 6)) {
             const char *ip[2] = {hm_db_get(r, i, 5), hm_db_get(r, i, 6)};
             hm_db_exec(db, &st_idem_drop, ip, NULL, NULL, NULL);
