@@ -75,8 +75,20 @@ static char *jobj(hm_arena_t *arena, ...)
 
 static const hm_stmt_t st_saga_new = {
     "bk_saga_new",
-    "INSERT INTO bk_sagas (saga_id, booking_id, kind, data, idem_scope, idem_key) VALUES "
-    "($1::uuid, $2::uuid, $3, $4::jsonb, $5, $6)",
+    "WITH s AS (INSERT INTO bk_sagas (saga_id, booking_id, kind, step, data, idem_scope, idem_key) "
+    "VALUES ($1::uuid, $2::uuid, $3, $7, $4::jsonb, $5, $6) RETURNING saga_id) INSERT INTO "
+    "bk_saga_steps (saga_id, step, status, detail) SELECT saga_id, $7, $8, $4::jsonb FROM s",
+    8};
+/* An update saga starts by claiming the booking (version check, no other saga): one statement,
+ * one commit, nothing when the claim fails. */
+static const hm_stmt_t st_saga_claim = {
+    "bk_saga_claim",
+    "WITH c AS (UPDATE bk_bookings SET saga_id = $1::uuid WHERE booking_id = $2::uuid AND version "
+    "= $6::bigint AND saga_id IS NULL AND NOT provisional AND status IN (1, 2) RETURNING "
+    "booking_id), s AS (INSERT INTO bk_sagas (saga_id, booking_id, kind, step, data, idem_scope, "
+    "idem_key) SELECT $1::uuid, booking_id, 'update', 'claim', $3::jsonb, $4, $5 FROM c "
+    "RETURNING saga_id) INSERT INTO bk_saga_steps (saga_id, step, status, detail) SELECT "
+    "saga_id, 'claim', 'done', $3::jsonb FROM s RETURNING 1",
     6};
 static const hm_stmt_t st_saga_lock = {"bk_saga_lock",
                                        "SELECT pg_advisory_lock(hashtextextended($1, 4242))", 1};
@@ -96,11 +108,20 @@ static const hm_stmt_t st_saga_end = {
     "AND state = 'running' RETURNING 1",
     2};
 
+/* A step in the open transaction (steps that succeed are logged with the commit that follows
+ * them: one commit per saga phase, not one per step). */
+static int step_tx(hm_db_t *db, const char *saga, const char *name, const char *status,
+                   const char *detail)
+{
+    const char *p[4] = {saga, name, status, detail ? detail : "{}"};
+    return hm_db_exec(db, &st_saga_step, p, NULL, NULL, NULL);
+}
+
+/* A step on its own (failures, compensation, recovery). */
 static void step(hm_db_t *db, const char *saga, const char *name, const char *status,
                  const char *detail)
 {
-    const char *p[4] = {saga, name, status, detail ? detail : "{}"};
-    int rc = hm_db_exec(db, &st_saga_step, p, NULL, NULL, NULL);
+    int rc = step_tx(db, saga, name, status, detail);
     if (rc != 0)
         HM_WARN("saga %s: step %s %s not logged: %s", saga, name, status, hm_strerror(rc));
 }
@@ -344,6 +365,7 @@ typedef struct create_tx {
     hm_call_t *call;
     const char **params;
     int *lens, *fmts;
+    const char *reserve_detail, *record_detail, *payment_detail;
     /* finalize */
     const char *booking_id, *saga, *intent;
     int paystatus;
@@ -354,7 +376,12 @@ typedef struct create_tx {
 static int insert_fn(hm_db_t *db, void *arg)
 {
     create_tx_t *t = arg;
-    return hm_db_exec(db, &st_insert, t->params, t->lens, t->fmts, NULL);
+    int rc = hm_db_exec(db, &st_insert, t->params, t->lens, t->fmts, NULL);
+    if (rc == 0)
+        rc = step_tx(db, t->saga, "reserve", "done", t->reserve_detail);
+    if (rc == 0)
+        rc = step_tx(db, t->saga, "record", "done", t->record_detail);
+    return rc;
 }
 
 static int finalize_fn(hm_db_t *db, void *arg)
@@ -383,6 +410,10 @@ static int finalize_fn(hm_db_t *db, void *arg)
         HOSPITALITY__BOOKING__V1__CREATE_BOOKING_RESPONSE__INIT;
     resp.booking = t->b;
     if ((rc = bk_idem_finish(call, db, t->idem, HM_STATUS_OK, &resp.base, t->booking_id)) != 0)
+        return rc;
+    if (t->payment_detail && (rc = step_tx(db, t->saga, "payment", "done", t->payment_detail)) != 0)
+        return rc;
+    if ((rc = step_tx(db, t->saga, "finish", "done", NULL)) != 0)
         return rc;
     return saga_end(db, t->saga, "done");
 }
@@ -488,30 +519,31 @@ hm_status_t bk_create_saga(hm_call_t *call,
         }
     }
 
-    /* The saga: lock first (recovery must never see it unowned), then the row. */
+    /* 1. price (nothing to undo: before the saga) */
+    bk_quote_t q;
+    bk_price(call, req->venue_id, req->venue_type, req->inventory_item_id, slot, req->party_size,
+             req->promotion_code, req->guest_id, &q);
+
+    /* The saga: lock first (recovery must never see it unowned), then the row with its keys,
+     * committed before the first partner call that must be undone on failure. */
     const char *lp[1] = {saga};
     int rc = hm_db_exec(db, &st_saga_lock, lp, NULL, NULL, NULL);
     if (rc != 0)
         return hm_call_fail(call, rc, "saga");
-    const char *sp[6] = {saga,
+    const char *sp[8] = {saga,
                          booking_id,
                          "create",
-                         jobj(&call->arena, "reservation_key", rkey, "payment_key", pkey, NULL),
+                         jobj(&call->arena, "reservation_key", rkey, "payment_key", pkey,
+                              "quote_id", q.quote_id, "total",
+                              hm_db_param_int64(&call->arena, q.total), NULL),
                          idem->key ? idem->scope : NULL,
-                         idem->key};
+                         idem->key,
+                         "quote",
+                         q.defaulted ? "defaulted" : "done"};
     if ((rc = hm_db_exec(db, &st_saga_new, sp, NULL, NULL, NULL)) != 0)
         SAGA_RETURN(hm_call_fail(call, rc, "saga"));
 
-    /* 1. price */
-    bk_quote_t q;
-    bk_price(call, req->venue_id, req->venue_type, req->inventory_item_id, slot, req->party_size,
-             req->promotion_code, req->guest_id, &q);
-    step(db, saga, "quote", q.defaulted ? "defaulted" : "done",
-         jobj(&call->arena, "quote_id", q.quote_id, "total",
-              hm_db_param_int64(&call->arena, q.total), NULL));
-
     /* 2. reserve */
-    step(db, saga, "reserve", "started", NULL);
     const Hospitality__Partner__V1__Reservation *res = NULL;
     hm_status_t st = reserve(call, rkey, req->venue_id, req->inventory_item_id, slot,
                              req->party_size, booking_id, &res);
@@ -521,9 +553,8 @@ hm_status_t bk_create_saga(hm_call_t *call,
         return create_fail(call, saga, booking_id, rkey, pkey, idem, REACHED_RESERVE,
                            partner_failure(call, st, "inventory reservation failed"));
     }
-    step(db, saga, "reserve", "done",
-         jobj(&call->arena, "reservation_id", res->reservation_id, "inventory_item_id",
-              res->inventory_item_id, NULL));
+    const char *reserve_detail = jobj(&call->arena, "reservation_id", res->reservation_id,
+                                      "inventory_item_id", res->inventory_item_id, NULL);
 
     /* 3. the booking record (provisional): the exclusion constraint decides overlaps */
     const char *name, *email, *phone;
@@ -572,7 +603,13 @@ hm_status_t bk_create_saga(hm_call_t *call,
         int lens[31] = {0}, fmts[31] = {0};
         lens[4] = nl, lens[5] = el, lens[6] = pl;
         fmts[4] = fmts[5] = fmts[6] = 1;
-        create_tx_t t = {.call = call, .params = p, .lens = lens, .fmts = fmts};
+        create_tx_t t = {.call = call,
+                         .params = p,
+                         .lens = lens,
+                         .fmts = fmts,
+                         .saga = saga,
+                         .reserve_detail = reserve_detail,
+                         .record_detail = jobj(&call->arena, "reference", reference, NULL)};
         rc = hm_db_tx(db, insert_fn, &t, HM_DB_READ_COMMITTED);
         if (rc == HM_EEXIST && strcmp(hm_db_last_constraint(db), "bk_no_overlap") != 0)
             continue; /* reference taken: draw another */
@@ -591,13 +628,11 @@ hm_status_t bk_create_saga(hm_call_t *call,
     if (rc != 0)
         return create_fail(call, saga, booking_id, rkey, pkey, idem, REACHED_RESERVE,
                            hm_call_fail(call, rc, "store booking"));
-    step(db, saga, "record", "done", jobj(&call->arena, "reference", reference, NULL));
 
     /* 4. payment intent */
-    const char *intent_id = "";
+    const char *intent_id = "", *payment_detail = NULL;
     int paystatus = HOSPITALITY__BOOKING__V1__PAYMENT_STATUS__PAYMENT_STATUS_NOT_REQUIRED;
     if (q.total > 0) {
-        step(db, saga, "payment", "started", NULL);
         const Hospitality__Partner__V1__PaymentIntent *pi = NULL;
         st = create_intent(call, pkey, q.total, q.currency, booking_id, req->guest_id, reference,
                            &pi);
@@ -611,7 +646,7 @@ hm_status_t bk_create_saga(hm_call_t *call,
         }
         intent_id = pi->payment_intent_id;
         paystatus = HOSPITALITY__BOOKING__V1__PAYMENT_STATUS__PAYMENT_STATUS_PENDING;
-        step(db, saga, "payment", "done", jobj(&call->arena, "payment_intent_id", intent_id, NULL));
+        payment_detail = jobj(&call->arena, "payment_intent_id", intent_id, NULL);
     }
 
     /* 5. visible booking + history + event + idempotency outcome + saga done, atomically */
@@ -620,6 +655,7 @@ hm_status_t bk_create_saga(hm_call_t *call,
                      .saga = saga,
                      .intent = intent_id,
                      .paystatus = paystatus,
+                     .payment_detail = payment_detail,
                      .idem = idem};
     rc = hm_db_tx(db, finalize_fn, &t, HM_DB_READ_COMMITTED);
     if (rc == HM_EUNAVAIL) {
@@ -629,7 +665,6 @@ hm_status_t bk_create_saga(hm_call_t *call,
     if (rc != 0)
         return create_fail(call, saga, booking_id, rkey, pkey, idem, REACHED_PAYMENT,
                            hm_call_fail(call, rc, "finish booking"));
-    step(db, saga, "finish", "done", NULL);
     bk_metric_booking("created", req->venue_type, q.total);
     bk_avail_invalidate(call->cache, &call->arena, req->venue_id);
     *out = t.b;
@@ -639,11 +674,6 @@ hm_status_t bk_create_saga(hm_call_t *call,
 /* ------------------------------------------------------------------------------------------ */
 /* Update */
 
-static const hm_stmt_t st_claim = {
-    "bk_claim",
-    "UPDATE bk_bookings SET saga_id = $3::uuid WHERE booking_id = $1::uuid AND version = "
-    "$2::bigint AND saga_id IS NULL AND NOT provisional AND status IN (1, 2) RETURNING 1",
-    3};
 static const hm_stmt_t st_unclaim = {
     "bk_unclaim",
     "UPDATE bk_bookings SET saga_id = NULL WHERE booking_id = $1::uuid AND saga_id = "
@@ -678,6 +708,7 @@ typedef struct update_tx {
     bool release_old, settle_old;
     const char **changed;
     size_t nchanged;
+    const char *reserve_detail, *payment_detail;
     bk_idem_t *idem;
     bk_booking_t *b;
 } update_tx_t;
@@ -736,7 +767,15 @@ static int apply_fn(hm_db_t *db, void *arg)
     resp.booking = t->b;
     if ((rc = bk_idem_finish(call, db, t->idem, HM_STATUS_OK, &resp.base, cur->booking_id)) != 0)
         return rc;
-    return *t->saga ? saga_end(db, t->saga, "done") : 0;
+    if (!*t->saga)
+        return 0;
+    if (t->reserve_detail && (rc = step_tx(db, t->saga, "reserve", "done", t->reserve_detail)) != 0)
+        return rc;
+    if (t->payment_detail && (rc = step_tx(db, t->saga, "payment", "done", t->payment_detail)) != 0)
+        return rc;
+    if ((rc = step_tx(db, t->saga, "finish", "done", NULL)) != 0)
+        return rc;
+    return saga_end(db, t->saga, "done");
 }
 
 /* Why a claim or a plain update found nothing: stale version, busy or not changeable. */
@@ -807,7 +846,7 @@ hm_status_t bk_update_saga(hm_call_t *call, const bk_booking_t *cur, bk_booking_
     free(mds);
 
     char saga[HM_UUID_LEN + 1] = "";
-    const char *rkey = "", *pkey = "";
+    const char *rkey = "", *pkey = "", *reserve_detail = NULL, *payment_detail = NULL;
     bool release_old = false, settle_old = false;
     const char *reservation = cur->inventory_reservation_id, *item = next->inventory_item_id;
     const char *intent = cur->payment_intent_id;
@@ -831,38 +870,32 @@ hm_status_t bk_update_saga(hm_call_t *call, const bk_booking_t *cur, bk_booking_
             bk_idem_finish(call, db, idem, st, NULL, NULL);
             return st;
         }
+        /* re-price first: a quote needs no undoing */
+        bk_price(call, cur->venue_id, cur->venue_type, item, slot, next->party_size,
+                 cur->promotion_code, cur->guest_id, &q);
         const char *lp[1] = {saga};
         int rc = hm_db_exec(db, &st_saga_lock, lp, NULL, NULL, NULL);
         if (rc != 0)
             return hm_call_fail(call, rc, "saga");
         const char *sp[6] = {saga,
                              id,
-                             "update",
                              jobj(&call->arena, "reservation_key", rkey, "payment_key", pkey,
-                                  "base_version", hm_db_param_int64(&call->arena, expected), NULL),
+                                  "base_version", hm_db_param_int64(&call->arena, expected),
+                                  "total", hm_db_param_int64(&call->arena, q.total), "quote",
+                                  q.defaulted ? "defaulted" : "done", NULL),
                              idem->key ? idem->scope : NULL,
-                             idem->key};
-        if ((rc = hm_db_exec(db, &st_saga_new, sp, NULL, NULL, NULL)) != 0)
-            SAGA_RETURN(hm_call_fail(call, rc, "saga"));
-        const char *cp[3] = {id, hm_db_param_int64(&call->arena, expected), saga};
+                             idem->key,
+                             hm_db_param_int64(&call->arena, expected)};
         PGresult *r;
-        rc = hm_db_exec_arena(db, &call->arena, &st_claim, cp, NULL, NULL, &r);
+        rc = hm_db_exec_arena(db, &call->arena, &st_saga_claim, sp, NULL, NULL, &r);
         if (rc != 0 || PQntuples(r) != 1) {
-            saga_end(db, saga, "compensated");
             hm_status_t why =
                 rc != 0 ? hm_call_fail(call, rc, "claim booking") : why_not(call, id, expected);
             bk_idem_finish(call, db, idem, why, NULL, NULL);
             SAGA_RETURN(why);
         }
-        step(db, saga, "claim", "done", NULL);
-        /* re-price */
-        bk_price(call, cur->venue_id, cur->venue_type, item, slot, next->party_size,
-                 cur->promotion_code, cur->guest_id, &q);
-        step(db, saga, "quote", q.defaulted ? "defaulted" : "done",
-             jobj(&call->arena, "total", hm_db_param_int64(&call->arena, q.total), NULL));
         /* re-reserve */
         const Hospitality__Partner__V1__Reservation *res = NULL;
-        step(db, saga, "reserve", "started", NULL);
         st = reserve(call, rkey, cur->venue_id, item, slot, next->party_size, id, &res);
         if (!hm_status_ok(st)) {
             step(db, saga, "reserve", "failed",
@@ -875,7 +908,7 @@ hm_status_t bk_update_saga(hm_call_t *call, const bk_booking_t *cur, bk_booking_
         reservation = res->reservation_id;
         item = res->inventory_item_id;
         release_old = *cur->inventory_reservation_id != 0;
-        step(db, saga, "reserve", "done", jobj(&call->arena, "reservation_id", reservation, NULL));
+        reserve_detail = jobj(&call->arena, "reservation_id", reservation, NULL);
         /* a new payment intent for a new price (the old one is settled after the commit) */
         if (q.total != cur->total_price->amount_minor && q.total > 0 &&
             cur->payment_status != HOSPITALITY__BOOKING__V1__PAYMENT_STATUS__PAYMENT_STATUS_PAID) {
@@ -893,8 +926,7 @@ hm_status_t bk_update_saga(hm_call_t *call, const bk_booking_t *cur, bk_booking_
             settle_old = *cur->payment_intent_id != 0;
             intent = pi->payment_intent_id;
             paystatus = HOSPITALITY__BOOKING__V1__PAYMENT_STATUS__PAYMENT_STATUS_PENDING;
-            step(db, saga, "payment", "done",
-                 jobj(&call->arena, "payment_intent_id", intent, NULL));
+            payment_detail = jobj(&call->arena, "payment_intent_id", intent, NULL);
         }
     }
 
@@ -940,6 +972,8 @@ hm_status_t bk_update_saga(hm_call_t *call, const bk_booking_t *cur, bk_booking_
                      .settle_old = settle_old,
                      .changed = changed,
                      .nchanged = nchanged,
+                     .reserve_detail = reserve_detail,
+                     .payment_detail = payment_detail,
                      .idem = idem};
     int rc = hm_db_tx(db, apply_fn, &t, HM_DB_READ_COMMITTED);
     if (!moved) {
@@ -967,7 +1001,6 @@ hm_status_t bk_update_saga(hm_call_t *call, const bk_booking_t *cur, bk_booking_
     if (rc != 0)
         return update_fail(call, saga, id, rkey, pkey, idem,
                            hm_call_fail(call, rc, "update booking"));
-    step(db, saga, "finish", "done", NULL);
     bk_avail_invalidate(call->cache, &call->arena, cur->venue_id);
     bk_actions_run(call, db, &call->arena, id, NULL, NULL);
     *out = t.b;
