@@ -63,6 +63,9 @@ CREATE TABLE bk_bookings (
     CONSTRAINT bk_no_overlap EXCLUDE USING gist (
         venue_id WITH =, inventory_item_id WITH =, period WITH &&) WHERE (status IN (1, 2, 3))
 );
+-- conflicts of one item (the pre-check before partner calls, availability answers)
+CREATE INDEX bk_bookings_item ON bk_bookings (venue_id, inventory_item_id, lower(period))
+    WHERE status IN (1, 2, 3);
 CREATE INDEX bk_bookings_guest ON bk_bookings (guest_id, lower(period));
 CREATE INDEX bk_bookings_venue ON bk_bookings (venue_id, lower(period));
 CREATE INDEX bk_bookings_venue_date ON bk_bookings (venue_id, booking_date);
