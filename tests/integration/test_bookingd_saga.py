@@ -246,6 +246,31 @@ class BookingSaga(hmtest.TestCase):
         e = self.assertRpcError("FAILED_PRECONDITION", s.status, x.booking, CONFIRMED)
         self.assertEqual(reason(e), "ILLEGAL_TRANSITION")
 
+    def test_expiry_sweeper_is_replica_safe(self):
+        s = self.s
+        venue = str(uuid.uuid4())
+        second = hmtest.Daemon("bookingd", s.exe, env=s.booking_env, workers=2,
+                               database=s.bk.db, label="bookingd-replica2").start()
+        try:
+            ids = [s.create(venue=venue, item="t%d" % i).booking_id for i in range(20)]
+            s.wait_for(lambda: s.bsql("SELECT count(*) FROM bk_bookings WHERE venue_id = '%s' "
+                                      "AND status = 7" % venue) == "20", timeout=30,
+                       what="all 20 expired")
+            # each expired once: one history entry, one event, one release at the partner
+            self.assertEqual(s.bsql(
+                "SELECT count(*), count(DISTINCT booking_id) FROM bk_status_history WHERE "
+                "to_status = 7 AND booking_id IN (SELECT booking_id FROM bk_bookings WHERE "
+                "venue_id = '%s')" % venue), "20|20")
+            self.assertEqual(sorted(e.booking.booking_id for e in s.events("booking.expired")
+                                    if e.booking.venue_id == venue), sorted(ids))
+            s.wait_for(lambda: s.psql("SELECT count(*) FROM ps_reservations WHERE venue_id = '%s' "
+                                      "AND status = 1" % venue) == "0", what="holds released")
+            self.assertEqual(s.bsql("SELECT count(*) FROM bk_partner_actions WHERE done_at IS "
+                                    "NULL"), "0")
+        finally:
+            self.assertEqual(second.stop(), 0)
+            second.close()
+
     def test_partner_error_rate_is_retried(self):
         s = self.s
         s.faults("inventory.Reserve:error=0.5")
