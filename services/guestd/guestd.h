@@ -10,4 +10,8 @@
 hm_status_t guest_create_guest(hm_call_t *call, const ProtobufCMessage *in, ProtobufCMessage **out);
 hm_status_t guest_get_profile(hm_call_t *call, const ProtobufCMessage *in, ProtobufCMessage **out);
 
+/* ingest.c */
+hm_status_t guest_publish_events(hm_call_t *call, const ProtobufCMessage *in,
+                                 ProtobufCMessage **out);
+
 #endif

@@ -35,7 +35,18 @@ static const hm_method_t guest_methods[] = {
 
 static const hm_service_t guest_service = {"hospitality.guest.v1.GuestService", guest_methods,
                                            sizeof(guest_methods) / sizeof(guest_methods[0])};
-static const hm_service_t *const services[] = {&guest_service};
+/* Events from producers outside the mesh: service callers only (admin is always allowed). */
+static const hm_method_t ingest_methods[] = {
+    {"/hospitality.guest.v1.EventIngestService/PublishEvents",
+     &hospitality__guest__v1__publish_events_request__descriptor,
+     &hospitality__guest__v1__publish_events_response__descriptor,
+     guest_publish_events,
+     {.roles = HM_ROLE_SERVICE}},
+};
+static const hm_service_t ingest_service = {"hospitality.guest.v1.EventIngestService",
+                                            ingest_methods, 1};
+
+static const hm_service_t *const services[] = {&guest_service, &ingest_service};
 
 int main(int argc, char **argv)
 {
@@ -46,7 +57,7 @@ int main(int argc, char **argv)
         .default_grpc_addr = "0.0.0.0:50051",
         .default_admin_addr = "0.0.0.0:9101",
         .services = services,
-        .nservices = 1,
+        .nservices = 2,
         .migrations = guestd_migrations,
         .nmigrations = guestd_nmigrations,
         .needs_crypto = true,
