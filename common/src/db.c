@@ -178,7 +178,9 @@ int hm_db_map_sqlstate(const char *s)
         return HM_EINTERNAL;
     if (strcmp(s, "23505") == 0 || strcmp(s, "23P01") == 0)
         return HM_EEXIST;
-    if (strcmp(s, "23503") == 0)
+    /* HM001: a daemon's SQL function refusing a request whose precondition fails (RAISE ...
+     * USING ERRCODE = 'HM001', e.g. a redemption beyond the balance). */
+    if (strcmp(s, "23503") == 0 || strcmp(s, "HM001") == 0)
         return HM_EPRECOND;
     if (strcmp(s, "23502") == 0 || strcmp(s, "23514") == 0 || strncmp(s, "22", 2) == 0)
         return HM_EINVAL;

@@ -102,7 +102,8 @@ void hm_db_end_call(hm_db_t *db);
  * Returns 0 and, when `out` is not NULL, stores the result in *out: the caller owns it and
  * PQclear()s it. On failure *out is NULL and the return value is
  *   HM_EEXIST      unique (23505) or exclusion (23P01) violation
- *   HM_EPRECOND    foreign key violation (23503)
+ *   HM_EPRECOND    foreign key violation (23503), or HM001 raised by a daemon's SQL function
+ *                  for a failed precondition (its message is meant for the client)
  *   HM_EINVAL      not-null (23502) or check (23514) violation, bad data (22xxx)
  *   HM_ERETRY      serialization failure (40001) or deadlock (40P01): retry the transaction
  *   HM_ETIMEDOUT   the deadline passed, or the statement hit statement_timeout (57014)
