@@ -448,7 +448,7 @@ GM_HANDLER(gm_award_points)
     int rc = hm_db_tx(call->db, award_in_tx, &t, HM_DB_READ_COMMITTED);
     if (rc != 0)
         return gm_fail(call, call->db, rc, "award points");
-    gm_board_refresh(call->db, call->cache, &call->arena, req->guest_id);
+    /* the leaderboards follow within the board task's period (250 ms) */
     Hospitality__Gamification__V1__AwardPointsResponse *resp =
         hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__gamification__v1__award_points_response__init(resp);
