@@ -89,7 +89,7 @@ int gm_board_refresh(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, const ch
     if (rc != 0)
         return rc;
     for (int i = 0; i < PQntuples(r); i++)
-        if ((rc = set_entry(cache, arena, hm_db_get(r, i, 0), guest, gm_i64(r, i, 1),
+        if ((rc = set_entry(cache, arena, gm_str(r, i, 0), guest, gm_i64(r, i, 1),
                             gm_i64(r, i, 2))) != 0)
             return rc;
     return 0;
@@ -130,7 +130,7 @@ int gm_board_task(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, void *app)
         return rc;
     int64_t top = mark_us;
     for (int i = 0; i < PQntuples(r); i++) {
-        if ((rc = gm_board_refresh(db, cache, arena, hm_db_get(r, i, 0))) != 0)
+        if ((rc = gm_board_refresh(db, cache, arena, gm_str(r, i, 0))) != 0)
             return rc; /* Redis down: the mark stays, the next run retries */
         if (gm_i64(r, i, 1) > top)
             top = gm_i64(r, i, 1);
@@ -182,7 +182,7 @@ static int ensure_built(hm_call_t *call, const char *board)
         return rc;
     HM_INFO("leaderboard %s: rebuilt from Postgres (%d entries)", board, PQntuples(res));
     for (int i = 0; i < PQntuples(res); i++)
-        if ((rc = set_entry(call->cache, a, board, hm_db_get(res, i, 0), gm_i64(res, i, 1),
+        if ((rc = set_entry(call->cache, a, board, gm_str(res, i, 0), gm_i64(res, i, 1),
                             gm_i64(res, i, 2))) != 0)
             return rc;
     hm_cache_command(call->cache, a, "SET %s:built 1", key);
@@ -253,7 +253,7 @@ GM_HANDLER(gm_get_leaderboard)
             Hospitality__Gamification__V1__LeaderboardEntry *e =
                 hm_arena_alloc(&call->arena, sizeof *e);
             hospitality__gamification__v1__leaderboard_entry__init(e);
-            e->guest_id = hm_arena_strdup(&call->arena, hm_db_get(r, i, 0));
+            e->guest_id = hm_arena_strdup(&call->arena, gm_str(r, i, 0));
             e->score = gm_i64(r, i, 1);
             e->rank = e->previous_rank = offset + i + 1;
             if (gm_i64(r, i, 2))
