@@ -20,7 +20,7 @@
 extern const unsigned char hm__descriptor_set[];
 extern const size_t hm__descriptor_set_len;
 
-#define NOT_FOUND        5  /* grpc status codes in ErrorResponse */
+#define NOT_FOUND        5 /* grpc status codes in ErrorResponse */
 #define INVALID_ARGUMENT 3
 #define UNIMPLEMENTED    12
 

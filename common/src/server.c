@@ -613,9 +613,13 @@ static void set_request_id(hm_worker_t *w, call_impl_t *c)
             return;
         }
     }
+    static const char digits[] = "0123456789abcdef";
     uint64_t a = splitmix(&w->rng), b = splitmix(&w->rng);
-    snprintf(c->request_id, sizeof(c->request_id), "%016llx%016llx", (unsigned long long)a,
-             (unsigned long long)b);
+    for (int i = 15; i >= 0; i--, a >>= 4, b >>= 4) {
+        c->request_id[i] = digits[a & 15];
+        c->request_id[16 + i] = digits[b & 15];
+    }
+    c->request_id[32] = '\0';
     c->pub.request_id = c->request_id;
 }
 

@@ -640,6 +640,23 @@ static void buf_printf(buf_t *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+/* Appends a string literal (length known at compile time). */
+#define BUF_LIT(b, lit) buf_add((b), (lit), sizeof(lit) - 1)
+
+/* Appends v in decimal: the hot path of rendering, without printf's format parsing. */
+static void buf_int(buf_t *b, int64_t v)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    buf_add(b, p, (size_t)(tmp + sizeof tmp - p));
+}
+
 /* Appends s as a quoted JSON string. hm_json_escape() writes at most 6 bytes per input byte
  * (a \u00XX escape), so reserving that much means it never truncates. */
 static void buf_json(buf_t *b, const char *s)
@@ -668,25 +685,38 @@ static void render_attr_int(buf_t *b, const char *key, int64_t val)
 {
     buf_str(b, "{\"key\":");
     buf_json(b, key);
-    buf_printf(b, ",\"value\":{\"intValue\":\"%" PRId64 "\"}}", val);
+    BUF_LIT(b, ",\"value\":{\"intValue\":\"");
+    buf_int(b, val);
+    BUF_LIT(b, "\"}}");
 }
 
 static void render_span(buf_t *b, const hm_span_t *s)
 {
     buf_reserve(b, SPAN_JSON_MIN);
-    buf_printf(b, "{\"traceId\":\"%s\",\"spanId\":\"%s\"", s->trace_id, s->span_id);
-    if (s->parent_span_id[0] != '\0')
-        buf_printf(b, ",\"parentSpanId\":\"%s\"", s->parent_span_id);
+    /* Ids are lower-case hex of fixed length: no escaping, no printf. */
+    BUF_LIT(b, "{\"traceId\":\"");
+    buf_add(b, s->trace_id, HM_TRACE_ID_LEN);
+    BUF_LIT(b, "\",\"spanId\":\"");
+    buf_add(b, s->span_id, HM_SPAN_ID_LEN);
+    BUF_LIT(b, "\"");
+    if (s->parent_span_id[0] != '\0') {
+        BUF_LIT(b, ",\"parentSpanId\":\"");
+        buf_add(b, s->parent_span_id, HM_SPAN_ID_LEN);
+        BUF_LIT(b, "\"");
+    }
     if (s->tracestate_len > 0) {
         buf_str(b, ",\"traceState\":");
         buf_json(b, s->text + s->tracestate_off);
     }
     buf_str(b, ",\"name\":");
     buf_json(b, s->name);
-    buf_printf(b,
-               ",\"kind\":%d,\"startTimeUnixNano\":\"%" PRId64 "\",\"endTimeUnixNano\":\"%" PRId64
-               "\",\"attributes\":[",
-               (int)s->kind, s->start_ns, s->end_ns);
+    BUF_LIT(b, ",\"kind\":");
+    buf_int(b, (int64_t)s->kind);
+    BUF_LIT(b, ",\"startTimeUnixNano\":\"");
+    buf_int(b, s->start_ns);
+    BUF_LIT(b, "\",\"endTimeUnixNano\":\"");
+    buf_int(b, s->end_ns);
+    BUF_LIT(b, "\",\"attributes\":[");
     for (unsigned i = 0; i < s->nattrs; i++) {
         const hm_span_attr_t *a = &s->attrs[i];
         if (i > 0)
@@ -699,7 +729,8 @@ static void render_span(buf_t *b, const hm_span_t *s)
     buf_add(b, "]", 1);
     if (s->dropped_attrs > 0)
         buf_printf(b, ",\"droppedAttributesCount\":%u", (unsigned)s->dropped_attrs);
-    buf_printf(b, ",\"status\":{\"code\":%d", (int)s->status);
+    BUF_LIT(b, ",\"status\":{\"code\":");
+    buf_int(b, (int64_t)s->status);
     if (s->status_msg_len > 0) {
         buf_str(b, ",\"message\":");
         buf_json(b, s->text + s->status_msg_off);

@@ -26,6 +26,19 @@
 #define PREFIX    "hm:gamificationd:lb:"
 #define REACH_MAX 9999999999999LL
 
+/* KEYS: board, prev, built. ARGV: first and last rank (0-based). Returns -1 when the board is
+ * not built, else {card, member1, score1, prev1, member2, ...}: one round trip per page. */
+static const char PAGE_LUA[] =
+    "if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end "
+    "local out = {redis.call('ZCARD', KEYS[1])} "
+    "local r = redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES') "
+    "for i = 1, #r, 2 do "
+    "  local g = string.sub(r[i], 15) "
+    "  out[#out + 1] = r[i] out[#out + 1] = r[i + 1] "
+    "  out[#out + 1] = redis.call('HGET', KEYS[2], g) or '' "
+    "end "
+    "return out";
+
 /* KEYS: board, map, prev. ARGV: guest, score, member. */
 static const char SET_LUA[] =
     "local old = redis.call('HGET', KEYS[2], ARGV[1]) "
@@ -76,7 +89,7 @@ int gm_board_refresh(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, const ch
     if (rc != 0)
         return rc;
     for (int i = 0; i < PQntuples(r); i++)
-        if ((rc = set_entry(cache, arena, hm_db_get(r, i, 0), guest, gm_i64(r, i, 1),
+        if ((rc = set_entry(cache, arena, gm_str(r, i, 0), guest, gm_i64(r, i, 1),
                             gm_i64(r, i, 2))) != 0)
             return rc;
     return 0;
@@ -117,7 +130,7 @@ int gm_board_task(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, void *app)
         return rc;
     int64_t top = mark_us;
     for (int i = 0; i < PQntuples(r); i++) {
-        if ((rc = gm_board_refresh(db, cache, arena, hm_db_get(r, i, 0))) != 0)
+        if ((rc = gm_board_refresh(db, cache, arena, gm_str(r, i, 0))) != 0)
             return rc; /* Redis down: the mark stays, the next run retries */
         if (gm_i64(r, i, 1) > top)
             top = gm_i64(r, i, 1);
@@ -169,15 +182,16 @@ static int ensure_built(hm_call_t *call, const char *board)
         return rc;
     HM_INFO("leaderboard %s: rebuilt from Postgres (%d entries)", board, PQntuples(res));
     for (int i = 0; i < PQntuples(res); i++)
-        if ((rc = set_entry(call->cache, a, board, hm_db_get(res, i, 0), gm_i64(res, i, 1),
+        if ((rc = set_entry(call->cache, a, board, gm_str(res, i, 0), gm_i64(res, i, 1),
                             gm_i64(res, i, 2))) != 0)
             return rc;
     hm_cache_command(call->cache, a, "SET %s:built 1", key);
     return 0;
 }
 
-static Hospitality__Gamification__V1__LeaderboardEntry *
-entry(hm_call_t *call, const char *key, const char *member, int64_t score, int rank)
+static Hospitality__Gamification__V1__LeaderboardEntry *entry(hm_call_t *call, const char *key,
+                                                              const char *member, int64_t score,
+                                                              int rank, const char *prev)
 {
     hm_arena_t *a = &call->arena;
     Hospitality__Gamification__V1__LeaderboardEntry *e = hm_arena_alloc(a, sizeof *e);
@@ -189,8 +203,11 @@ entry(hm_call_t *call, const char *key, const char *member, int64_t score, int r
     int64_t reach = REACH_MAX - strtoll(member, NULL, 10);
     if (reach > 0)
         e->reached_at = hm_timestamp_from_us(a, reach * 1000);
-    redisReply *p = hm_cache_command(call->cache, a, "HGET %s:p %s", key, e->guest_id);
-    e->previous_rank = p && p->type == REDIS_REPLY_STRING ? atoi(p->str) : rank;
+    if (!prev) {
+        redisReply *p = hm_cache_command(call->cache, a, "HGET %s:p %s", key, e->guest_id);
+        prev = p && p->type == REDIS_REPLY_STRING ? p->str : "";
+    }
+    e->previous_rank = *prev ? atoi(prev) : rank;
     e->rank_change = e->previous_rank - rank;
     return e;
 }
@@ -236,7 +253,7 @@ GM_HANDLER(gm_get_leaderboard)
             Hospitality__Gamification__V1__LeaderboardEntry *e =
                 hm_arena_alloc(&call->arena, sizeof *e);
             hospitality__gamification__v1__leaderboard_entry__init(e);
-            e->guest_id = hm_arena_strdup(&call->arena, hm_db_get(r, i, 0));
+            e->guest_id = hm_arena_strdup(&call->arena, gm_str(r, i, 0));
             e->score = gm_i64(r, i, 1);
             e->rank = e->previous_rank = offset + i + 1;
             if (gm_i64(r, i, 2))
@@ -247,23 +264,33 @@ GM_HANDLER(gm_get_leaderboard)
         return HM_STATUS_OK;
     }
     const char *board = board_name(&call->arena, req->type, req->window);
-    int rc = ensure_built(call, board);
-    if (rc != 0)
-        return hm_call_fail(call, rc, "leaderboard");
     const char *key = hm_arena_printf(&call->arena, PREFIX "%s", board);
-    redisReply *r = hm_cache_command(call->cache, &call->arena, "ZREVRANGE %s %d %d WITHSCORES",
-                                     key, offset, offset + size - 1);
-    redisReply *n = hm_cache_command(call->cache, &call->arena, "ZCARD %s", key);
-    if (!r || r->type != REDIS_REPLY_ARRAY || !n || n->type != REDIS_REPLY_INTEGER)
+    const char *argv[8] = {"EVAL",
+                           PAGE_LUA,
+                           "3",
+                           key,
+                           hm_arena_printf(&call->arena, "%s:p", key),
+                           hm_arena_printf(&call->arena, "%s:built", key),
+                           hm_arena_printf(&call->arena, "%d", offset),
+                           hm_arena_printf(&call->arena, "%d", offset + size - 1)};
+    redisReply *r = hm_cache_command_argv(call->cache, &call->arena, 8, argv, NULL);
+    if (r && r->type == REDIS_REPLY_INTEGER && r->integer == -1) { /* lost with Redis: rebuild */
+        int rc = ensure_built(call, board);
+        if (rc != 0)
+            return hm_call_fail(call, rc, "leaderboard");
+        r = hm_cache_command_argv(call->cache, &call->arena, 8, argv, NULL);
+    }
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1)
         return hm_call_fail(call, HM_EUNAVAIL, "leaderboard");
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
+    long long card = r->element[0]->integer;
+    for (size_t i = 1; i + 2 < r->elements; i += 3)
         resp->entries[resp->n_entries++] =
             entry(call, key, r->element[i]->str, strtoll(r->element[i + 1]->str, NULL, 10),
-                  offset + (int)(i / 2) + 1);
-    resp->total_ranked = n->integer;
-    if (offset + size < n->integer)
+                  offset + (int)(i / 3) + 1, r->element[i + 2]->str);
+    resp->total_ranked = card;
+    if (offset + size < card)
         pg->next_page_token = hm_arena_printf(&call->arena, "%d", offset + size);
-    pg->total_size = (int)n->integer;
+    pg->total_size = (int)card;
     *out = &resp->base;
     return HM_STATUS_OK;
 }
@@ -296,7 +323,7 @@ GM_HANDLER(gm_get_rank)
     Hospitality__Gamification__V1__GetRankResponse *resp =
         hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__gamification__v1__get_rank_response__init(resp);
-    resp->entry = entry(call, key, member, strtoll(sc->str, NULL, 10), (int)rk->integer + 1);
+    resp->entry = entry(call, key, member, strtoll(sc->str, NULL, 10), (int)rk->integer + 1, NULL);
     resp->total_ranked = n->integer;
     *out = &resp->base;
     return HM_STATUS_OK;

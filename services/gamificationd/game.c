@@ -63,7 +63,7 @@ static int apply_rules(gm_ctx_t *c, const char *event_type, const char *guest, c
         if (grant <= 0)
             continue; /* capped (anti-abuse) or nothing to earn */
         int64_t now_us = hm_now_ms() * 1000;
-        const char *rule = hm_arena_strdup(c->arena, hm_db_get(r, i, 0));
+        const char *rule = hm_arena_strdup(c->arena, gm_str(r, i, 0));
         gm_award_t a = {.guest_id = guest,
                         .points = grant,
                         .xp = gm_i64(r, i, 5) * mult / 100,
@@ -129,7 +129,7 @@ static int reverse_ref(gm_ctx_t *c, const char *ref, const char *why, int64_t *r
     int rc = hm_db_exec_arena(c->db, c->arena, &st_awards_of, p, NULL, NULL, &r);
     *reversed = 0;
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
-        const char *rp[2] = {hm_db_get(r, i, 0), why};
+        const char *rp[2] = {gm_str(r, i, 0), why};
         PGresult *x;
         rc = hm_db_exec_arena(c->db, c->arena, &st_reverse, rp, NULL, NULL, &x);
         if (rc == 0)
@@ -252,18 +252,18 @@ static int activity_in_tx(hm_db_t *db, void *arg)
     PGresult *r;
     if (rc != 0 || (rc = hm_db_exec_arena(db, c->arena, &st_tz, p1, NULL, NULL, &r)) != 0)
         return rc;
-    const char *tz = hm_arena_strdup(c->arena, hm_db_get(r, 0, 0));
+    const char *tz = hm_arena_strdup(c->arena, gm_str(r, 0, 0));
     const char *p[4] = {g, gm_param_i64(c->arena, t->at_us), tz, gm_cfg.streak_grace ? "t" : "f"};
     if ((rc = hm_db_exec_arena(db, c->arena, &st_streak, p, NULL, NULL, &r)) != 0)
         return rc;
     Hospitality__Gamification__V1__StreakState *s = hm_arena_alloc(c->arena, sizeof *s);
     hospitality__gamification__v1__streak_state__init(s);
-    s->started = strcmp(hm_db_get(r, 0, 0), "t") == 0;
+    s->started = strcmp(gm_str(r, 0, 0), "t") == 0;
     s->current_days = (int)gm_i64(r, 0, 1);
     s->longest_days = (int)gm_i64(r, 0, 2);
-    s->started_on = date_of(c->arena, hm_db_get(r, 0, 3));
-    s->last_active_day = date_of(c->arena, hm_db_get(r, 0, 4));
-    s->grace_used = strcmp(hm_db_get(r, 0, 5), "t") == 0;
+    s->started_on = date_of(c->arena, gm_str(r, 0, 3));
+    s->last_active_day = date_of(c->arena, gm_str(r, 0, 4));
+    s->grace_used = strcmp(gm_str(r, 0, 5), "t") == 0;
     t->streak = s;
     if ((rc = gm_count(c, g, "streak_days", 0)) != 0 ||
         (rc = seen(c, g, "app", app_name(t->req->app), "apps_used")) != 0)
@@ -379,7 +379,7 @@ static int load_progress(hm_call_t *call, const char *guest, const char *only,
     Hospitality__Gamification__V1__AchievementProgress *cur = NULL;
     *n = 0;
     for (int i = 0; i < rows; i++) {
-        const char *id = hm_db_get(r, i, 0);
+        const char *id = gm_str(r, i, 0);
         if (!cur || strcmp(cur->achievement_id, id) != 0) {
             cur = hm_arena_alloc(&call->arena, sizeof *cur);
             hospitality__gamification__v1__achievement_progress__init(cur);
@@ -390,7 +390,7 @@ static int load_progress(hm_call_t *call, const char *guest, const char *only,
             v[(*n)++] = cur;
         }
         int tier = (int)gm_i64(r, i, 2);
-        if (*hm_db_get(r, i, 4)) {
+        if (*gm_str(r, i, 4)) {
             Hospitality__Gamification__V1__UnlockedTier *u =
                 hm_arena_alloc(&call->arena, sizeof *u);
             hospitality__gamification__v1__unlocked_tier__init(u);
@@ -426,18 +426,18 @@ GM_HANDLER(gm_list_achievements)
     for (int i = 0; i < PQntuples(r); i++) {
         Hospitality__Gamification__V1__Achievement *a = hm_arena_alloc(&call->arena, sizeof *a);
         hospitality__gamification__v1__achievement__init(a);
-        a->achievement_id = hm_arena_strdup(&call->arena, hm_db_get(r, i, 0));
-        a->name = hm_arena_strdup(&call->arena, hm_db_get(r, i, 1));
-        a->description = hm_arena_strdup(&call->arena, hm_db_get(r, i, 2));
+        a->achievement_id = hm_arena_strdup(&call->arena, gm_str(r, i, 0));
+        a->name = hm_arena_strdup(&call->arena, gm_str(r, i, 1));
+        a->description = hm_arena_strdup(&call->arena, gm_str(r, i, 2));
         Hospitality__Gamification__V1__AchievementCriteria *cr =
             hm_arena_alloc(&call->arena, sizeof *cr);
         hospitality__gamification__v1__achievement_criteria__init(cr);
-        cr->counter = hm_arena_strdup(&call->arena, hm_db_get(r, i, 3));
+        cr->counter = hm_arena_strdup(&call->arena, gm_str(r, i, 3));
         a->criteria = cr;
-        parse_tiers(&call->arena, hm_db_get(r, i, 4), a);
-        a->icon = hm_arena_strdup(&call->arena, hm_db_get(r, i, 5));
-        a->hidden = strcmp(hm_db_get(r, i, 6), "t") == 0;
-        a->active = strcmp(hm_db_get(r, i, 7), "t") == 0;
+        parse_tiers(&call->arena, gm_str(r, i, 4), a);
+        a->icon = hm_arena_strdup(&call->arena, gm_str(r, i, 5));
+        a->hidden = strcmp(gm_str(r, i, 6), "t") == 0;
+        a->active = strcmp(gm_str(r, i, 7), "t") == 0;
         resp->achievements[i] = a;
     }
     if (req->guest_id[0] &&
@@ -488,13 +488,13 @@ static Hospitality__Gamification__V1__Challenge *challenge_row(hm_arena_t *a, co
 {
     Hospitality__Gamification__V1__Challenge *c = hm_arena_alloc(a, sizeof *c);
     hospitality__gamification__v1__challenge__init(c);
-    c->challenge_id = hm_arena_strdup(a, hm_db_get(r, i, 0));
-    c->name = hm_arena_strdup(a, hm_db_get(r, i, 1));
-    c->description = hm_arena_strdup(a, hm_db_get(r, i, 2));
+    c->challenge_id = hm_arena_strdup(a, gm_str(r, i, 0));
+    c->name = hm_arena_strdup(a, gm_str(r, i, 1));
+    c->description = hm_arena_strdup(a, gm_str(r, i, 2));
     c->period = (int)gm_i64(r, i, 3);
     c->starts_at = gm_ts(a, r, i, 4);
     c->ends_at = gm_ts(a, r, i, 5);
-    c->counter = hm_arena_strdup(a, hm_db_get(r, i, 6));
+    c->counter = hm_arena_strdup(a, gm_str(r, i, 6));
     c->target = gm_i64(r, i, 7);
     Hospitality__Gamification__V1__ChallengeReward *rw = hm_arena_alloc(a, sizeof *rw);
     hospitality__gamification__v1__challenge_reward__init(rw);
@@ -529,7 +529,7 @@ GM_HANDLER(gm_list_challenges)
         if (!keep)
             continue;
         resp->challenges[resp->n_challenges++] = c;
-        if (strcmp(hm_db_get(r, i, 13), "t") == 0)
+        if (strcmp(gm_str(r, i, 13), "t") == 0)
             resp->joined_challenge_ids[resp->n_joined_challenge_ids++] = c->challenge_id;
     }
     *out = &resp->base;
@@ -568,8 +568,8 @@ static hm_status_t progress_resp(hm_call_t *call, const char *ch, const char *gu
     pr->guest_id = (char *)guest;
     pr->current = gm_i64(r, 0, 0);
     pr->target = gm_i64(r, 0, 1);
-    pr->completed = strcmp(hm_db_get(r, 0, 2), "t") == 0;
-    pr->winner = strcmp(hm_db_get(r, 0, 3), "t") == 0;
+    pr->completed = strcmp(gm_str(r, 0, 2), "t") == 0;
+    pr->winner = strcmp(gm_str(r, 0, 3), "t") == 0;
     pr->rank = (int)gm_i64(r, 0, 4);
     pr->joined_at = gm_ts(&call->arena, r, 0, 5);
     pr->completed_at = gm_ts(&call->arena, r, 0, 6);
@@ -590,7 +590,7 @@ GM_HANDLER(gm_join_challenge)
     if (PQntuples(r) == 0)
         return hm_call_error(call, HM_CODE_NOT_FOUND, "NOT_FOUND", "no challenge %s",
                              req->challenge_id);
-    if (strcmp(hm_db_get(r, 0, 0), "t") != 0)
+    if (strcmp(gm_str(r, 0, 0), "t") != 0)
         return hm_call_error(call, HM_CODE_FAILED_PRECONDITION, "CHALLENGE_ENDED",
                              "challenge %s has ended", req->challenge_id);
     gm_ctx_t c = {.call = call, .db = call->db, .arena = &call->arena};
@@ -697,9 +697,9 @@ static Hospitality__Gamification__V1__Rule *rule_row(hm_arena_t *a, const PGresu
 {
     Hospitality__Gamification__V1__Rule *x = hm_arena_alloc(a, sizeof *x);
     hospitality__gamification__v1__rule__init(x);
-    x->rule_id = hm_arena_strdup(a, hm_db_get(r, i, 0));
-    x->event_type = hm_arena_strdup(a, hm_db_get(r, i, 1));
-    x->description = hm_arena_strdup(a, hm_db_get(r, i, 2));
+    x->rule_id = hm_arena_strdup(a, gm_str(r, i, 0));
+    x->event_type = hm_arena_strdup(a, gm_str(r, i, 1));
+    x->description = hm_arena_strdup(a, gm_str(r, i, 2));
     x->source = (int)gm_i64(r, i, 3);
     x->calculation = (int)gm_i64(r, i, 4);
     x->points = gm_i64(r, i, 5);
@@ -707,7 +707,7 @@ static Hospitality__Gamification__V1__Rule *rule_row(hm_arena_t *a, const PGresu
         Hospitality__Common__V1__Money *m = hm_arena_alloc(a, sizeof *m);
         hospitality__common__v1__money__init(m);
         m->amount_minor = gm_i64(r, i, 6);
-        m->currency = hm_arena_strdup(a, hm_db_get(r, i, 7));
+        m->currency = hm_arena_strdup(a, gm_str(r, i, 7));
         x->amount_step = m;
     }
     x->xp = gm_i64(r, i, 8);
@@ -736,7 +736,7 @@ static Hospitality__Gamification__V1__Rule *rule_row(hm_arena_t *a, const PGresu
         d->seconds = gm_i64(r, i, 15) / 1000;
         x->points_lifetime = d;
     }
-    x->active = strcmp(hm_db_get(r, i, 16), "t") == 0;
+    x->active = strcmp(gm_str(r, i, 16), "t") == 0;
     x->version = gm_i64(r, i, 17);
     x->updated_at = gm_ts(a, r, i, 18);
     return x;
@@ -881,7 +881,7 @@ GM_HANDLER(gm_export_subject)
         hospitality__privacy__v1__data_section__init(s);
         s->section = (char *)sections[i].section;
         s->category = sections[i].category;
-        s->records_json = hm_arena_strdup(&call->arena, hm_db_get(r, 0, 0));
+        s->records_json = hm_arena_strdup(&call->arena, gm_str(r, 0, 0));
         s->record_count = gm_i64(r, 0, 1);
         resp->sections[resp->n_sections++] = s;
     }

@@ -108,7 +108,12 @@ int gm_handle_event(hm_db_t *db, hm_arena_t *arena, const Hospitality__Events__V
 int gm_task_release_expire(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, void *app);
 int gm_task_challenges(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, void *app);
 
-/* Small helpers. */
+/* Small helpers. gm_str: a text value, "" for SQL NULL (never NULL). */
+static inline const char *gm_str(const PGresult *r, int row, int col)
+{
+    const char *v = hm_db_get(r, row, col);
+    return v ? v : "";
+}
 const char *gm_param_i64(hm_arena_t *a, int64_t v);
 int64_t gm_i64(const PGresult *r, int row, int col);
 Google__Protobuf__Timestamp *gm_ts(hm_arena_t *a, const PGresult *r, int row, int col);

@@ -29,7 +29,7 @@ int64_t gm_i64(const PGresult *r, int row, int col)
 
 Google__Protobuf__Timestamp *gm_ts(hm_arena_t *a, const PGresult *r, int row, int col)
 {
-    const char *s = hm_db_get(r, row, col);
+    const char *s = gm_str(r, row, col);
     return s && *s ? hm_timestamp_from_us(a, gm_i64(r, row, col)) : NULL;
 }
 
@@ -103,7 +103,7 @@ static int complete_challenge(gm_ctx_t *c, const char *guest, const char *id)
     if (rc != 0 || PQntuples(r) == 0)
         return rc;
     int rank = (int)gm_i64(r, 0, 0);
-    bool winner = strcmp(hm_db_get(r, 0, 1), "t") == 0;
+    bool winner = strcmp(gm_str(r, 0, 1), "t") == 0;
     int64_t reward = winner ? gm_i64(r, 0, 2) : 0;
     if (reward > 0) {
         gm_award_t a = {.guest_id = guest,
@@ -141,8 +141,8 @@ int gm_count(gm_ctx_t *c, const char *guest, const char *counter, int64_t delta)
     if ((rc = hm_db_exec_arena(c->db, c->arena, &st_progress, p, NULL, NULL, &r)) != 0)
         return rc;
     for (int i = 0; i < PQntuples(r); i++)
-        if (strcmp(hm_db_get(r, i, 1), "t") == 0 &&
-            (rc = complete_challenge(c, guest, hm_arena_strdup(c->arena, hm_db_get(r, i, 0)))) != 0)
+        if (strcmp(gm_str(r, i, 1), "t") == 0 &&
+            (rc = complete_challenge(c, guest, hm_arena_strdup(c->arena, gm_str(r, i, 0)))) != 0)
             return rc;
     return check_unlocks(c, guest, counter, value);
 }
@@ -156,8 +156,8 @@ static int check_unlocks(gm_ctx_t *c, const char *guest, const char *counter, in
         return rc;
     int n = PQntuples(r);
     for (int i = 0; i < n; i++) {
-        const char *ach = hm_arena_strdup(c->arena, hm_db_get(r, i, 0));
-        const char *tier = hm_arena_strdup(c->arena, hm_db_get(r, i, 1));
+        const char *ach = hm_arena_strdup(c->arena, gm_str(r, i, 0));
+        const char *tier = hm_arena_strdup(c->arena, gm_str(r, i, 1));
         int64_t pts = gm_i64(r, i, 2), xp = gm_i64(r, i, 3);
         const char *up[3] = {guest, ach, tier};
         PGresult *u;
@@ -217,8 +217,8 @@ int gm_do_award(gm_ctx_t *c, const gm_award_t *a, gm_award_result_t *out)
     int rc = hm_db_exec_arena(c->db, c->arena, &st_award, p, NULL, NULL, &r);
     if (rc != 0)
         return rc;
-    out->txn_id = hm_arena_strdup(c->arena, hm_db_get(r, 0, 0));
-    out->created = strcmp(hm_db_get(r, 0, 1), "t") == 0;
+    out->txn_id = hm_arena_strdup(c->arena, gm_str(r, 0, 0));
+    out->created = strcmp(gm_str(r, 0, 1), "t") == 0;
     out->old_level = (int)gm_i64(r, 0, 2);
     out->new_level = (int)gm_i64(r, 0, 3);
     if (!out->created)
@@ -265,17 +265,17 @@ static Hospitality__Gamification__V1__PointTransaction *txn_row(hm_db_t *db, hm_
 {
     Hospitality__Gamification__V1__PointTransaction *t = hm_arena_alloc(a, sizeof *t);
     hospitality__gamification__v1__point_transaction__init(t);
-    t->transaction_id = hm_arena_strdup(a, hm_db_get(r, i, 0));
-    t->guest_id = hm_arena_strdup(a, hm_db_get(r, i, 1));
+    t->transaction_id = hm_arena_strdup(a, gm_str(r, i, 0));
+    t->guest_id = hm_arena_strdup(a, gm_str(r, i, 1));
     t->type = (int)gm_i64(r, i, 2);
     t->points = gm_i64(r, i, 3);
     t->source = (int)gm_i64(r, i, 4);
-    t->idempotency_key = hm_arena_strdup(a, hm_db_get(r, i, 5));
-    t->rule_id = hm_arena_strdup(a, hm_db_get(r, i, 6));
+    t->idempotency_key = hm_arena_strdup(a, gm_str(r, i, 5));
+    t->rule_id = hm_arena_strdup(a, gm_str(r, i, 6));
     t->rule_version = gm_i64(r, i, 7);
-    t->reward_id = hm_arena_strdup(a, hm_db_get(r, i, 8));
-    t->reason = hm_arena_strdup(a, hm_db_get(r, i, 9));
-    t->reverses_transaction_id = hm_arena_strdup(a, hm_db_get(r, i, 10));
+    t->reward_id = hm_arena_strdup(a, gm_str(r, i, 8));
+    t->reason = hm_arena_strdup(a, gm_str(r, i, 9));
+    t->reverses_transaction_id = hm_arena_strdup(a, gm_str(r, i, 10));
     t->created_at = gm_ts(a, r, i, 11);
     t->available_at = gm_ts(a, r, i, 12);
     t->expires_at = gm_ts(a, r, i, 13);
@@ -288,7 +288,7 @@ static Hospitality__Gamification__V1__PointTransaction *txn_row(hm_db_t *db, hm_
         for (size_t k = 0; k < t->n_entries; k++) {
             Hospitality__Gamification__V1__LedgerEntry *le = hm_arena_alloc(a, sizeof *le);
             hospitality__gamification__v1__ledger_entry__init(le);
-            le->account = hm_arena_strdup(a, hm_db_get(e, (int)k, 0));
+            le->account = hm_arena_strdup(a, gm_str(e, (int)k, 0));
             le->amount = gm_i64(e, (int)k, 1);
             t->entries[k] = le;
         }
@@ -377,8 +377,8 @@ GM_HANDLER(gm_get_stats)
         s->xp = gm_i64(r, 0, 1);
         s->current_streak_days = (int)gm_i64(r, 0, 2);
         s->longest_streak_days = (int)gm_i64(r, 0, 3);
-        s->time_zone = hm_arena_strdup(&call->arena, hm_db_get(r, 0, 4));
-        const char *day = hm_db_get(r, 0, 5);
+        s->time_zone = hm_arena_strdup(&call->arena, gm_str(r, 0, 4));
+        const char *day = gm_str(r, 0, 5);
         if (*day) {
             Hospitality__Common__V1__Date *d = hm_arena_alloc(&call->arena, sizeof *d);
             hospitality__common__v1__date__init(d);
@@ -448,7 +448,7 @@ GM_HANDLER(gm_award_points)
     int rc = hm_db_tx(call->db, award_in_tx, &t, HM_DB_READ_COMMITTED);
     if (rc != 0)
         return gm_fail(call, call->db, rc, "award points");
-    gm_board_refresh(call->db, call->cache, &call->arena, req->guest_id);
+    /* the leaderboards follow within the board task's period (250 ms) */
     Hospitality__Gamification__V1__AwardPointsResponse *resp =
         hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__gamification__v1__award_points_response__init(resp);
@@ -475,7 +475,7 @@ static int redeem_in_tx(hm_db_t *db, void *arg)
     PGresult *r;
     int rc = hm_db_exec_arena(db, t->arena, &st_redeem, t->params, NULL, NULL, &r);
     if (rc == 0)
-        t->txn = hm_arena_strdup(t->arena, hm_db_get(r, 0, 0));
+        t->txn = hm_arena_strdup(t->arena, gm_str(r, 0, 0));
     return rc;
 }
 

@@ -110,6 +110,7 @@ int main(int argc, char **argv)
         .consumer = &consumer,
         .tasks = tasks,
         .ntasks = sizeof tasks / sizeof tasks[0],
+        .data_subject = true,
     };
     return hm_daemon_main(argc, argv, &daemon);
 }

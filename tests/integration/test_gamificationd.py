@@ -296,6 +296,8 @@ class Gamification(hmtest.TestCase):
         for g in gs:  # equal scores, reached in this order
             self.award(g, tag)
             time.sleep(0.01)
+        # boards follow awards within the board task's period
+        self.wait(lambda: len([e for e in self.board() if e[1] in gs]) == 4, "the board")
         top = [e for e in self.board() if e[1] in gs]
         self.assertEqual([e[1] for e in top], gs, "ties must rank who reached the score first")
         self.assertEqual(len({e[0] for e in top}), 4)
@@ -374,6 +376,81 @@ class Gamification(hmtest.TestCase):
         s = self.activity(h, "2026-03-08T06:30:00Z", "America/New_York")  # Mar 8, 01:30
         self.assertEqual((s.current_days, s.last_active_day.day), (2, 8))
 
+    # -- rules, achievements, challenges
+
+    def test_rules_versioned_and_capped(self):
+        grpc = hmtest.grpc_mod()
+        r = self.rpc("ListRules", self.gm.ListRulesRequest(event_type="order.created"),
+                     "ListRulesResponse", self.staff)
+        self.assertEqual([x.rule_id for x in r.rules], ["order-created"])
+        rule = r.rules[0]
+        rule.points, rule.daily_cap = 30, 40
+        up = self.rpc("UpsertRule", self.gm.UpsertRuleRequest(
+            rule=rule, expected_version=rule.version), "UpsertRuleResponse", self.staff).rule
+        self.assertEqual((up.points, up.version), (30, rule.version + 1))
+        with self.assertRaises(grpc.RpcError) as cm:  # stale version
+            self.rpc("UpsertRule", self.gm.UpsertRuleRequest(
+                rule=rule, expected_version=rule.version), "UpsertRuleResponse", self.staff)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.ABORTED)
+        with self.assertRaises(grpc.RpcError) as cm:  # guests do not edit rules
+            self.rpc("UpsertRule", self.gm.UpsertRuleRequest(rule=up, expected_version=2),
+                     "UpsertRuleResponse", hmtest.auth_md(str(uuid.uuid4()), roles=("guest",)))
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.PERMISSION_DENIED)
+        self.assertEqual(self.sql("SELECT count(*) FROM gm_rule_versions WHERE rule_id = "
+                                  "'order-created'"), str(up.version))
+        # three orders on one local day: 30 + 10 (cap 40) + 0
+        from hospitality.events.v1 import external_events_pb2 as ext
+
+        g = str(uuid.uuid4())
+        for i in range(3):
+            self.publish("order.created", ext.OrderCreated(
+                order_id="o%d-%s" % (i, g[:8]), guest_id=g, venue_id="v%d" % i), g)
+        self.wait(lambda: self.sql("SELECT value FROM gm_counters WHERE guest_id = '%s' AND "
+                                   "counter = 'orders'" % g) == "3", "three orders counted")
+        self.assertEqual(self.sql("SELECT coalesce(sum(points), 0) FROM gm_transactions WHERE "
+                                  "guest_id = '%s' AND rule_id = 'order-created'" % g), "40")
+        up.points, up.daily_cap = 10, 50  # restore the defaults for the other tests
+        self.rpc("UpsertRule", self.gm.UpsertRuleRequest(rule=up, expected_version=up.version),
+                 "UpsertRuleResponse", self.staff)
+
+    def test_challenge_winners_and_achievement_progress(self):
+        cid = "weekly-test-" + uuid.uuid4().hex[:6]
+        self.sql("INSERT INTO gm_challenges (challenge_id, name, period, starts_at, ends_at, "
+                 "counter, target, reward_points, max_winners) VALUES ('%s', 'Two bookings', 1, "
+                 "now() - interval '1 hour', now() + interval '1 day', 'bookings_completed', 2, "
+                 "75, 1)" % cid)
+        gs = [str(uuid.uuid4()) for _ in range(2)]
+        for g in gs:
+            p = self.rpc("JoinChallenge", self.gm.JoinChallengeRequest(
+                challenge_id=cid, guest_id=g), "JoinChallengeResponse",
+                hmtest.auth_md(g, roles=("guest",))).progress
+            self.assertEqual((p.current, p.target, p.completed), (0, 2, False))
+        for g in gs:  # the first guest completes first
+            for _ in range(2):
+                self.publish("booking.completed",
+                             self.bev.BookingCompleted(booking=self.booking(g)), g)
+            self.wait(lambda: self.rpc("GetChallengeProgress", self.gm.GetChallengeProgressRequest(
+                guest_id=g, challenge_id=cid), "GetChallengeProgressResponse").progress.completed,
+                "completion")
+        p = [self.rpc("GetChallengeProgress", self.gm.GetChallengeProgressRequest(
+            guest_id=g, challenge_id=cid), "GetChallengeProgressResponse").progress for g in gs]
+        self.assertEqual([(x.rank, x.winner) for x in p], [(1, True), (2, False)])
+        self.assertEqual(self.sql("SELECT count(*) FROM gm_transactions WHERE ref = "
+                                  "'challenge:%s'" % cid), "1", "only the winner is rewarded")
+        req = self.gm.GetLeaderboardRequest(type=self.gm.LEADERBOARD_TYPE_CHALLENGE,
+                                            challenge_id=cid)
+        board = self.rpc("GetLeaderboard", req, "GetLeaderboardResponse").entries
+        self.assertEqual([e.guest_id for e in board], gs)
+        # achievements: first booking unlocked, "regular" progressing towards 5
+        r = self.rpc("GetAchievementProgress", self.gm.GetAchievementProgressRequest(
+            guest_id=gs[0]), "GetAchievementProgressResponse")
+        prog = {x.achievement_id: x for x in r.progress}
+        self.assertEqual(len(prog["first-booking"].unlocked), 1)
+        self.assertEqual((prog["regular"].current_value, prog["regular"].next_threshold), (2, 5))
+        r = self.rpc("ListAchievements", self.gm.ListAchievementsRequest(), "ListAchievementsResponse")
+        self.assertGreaterEqual(len(r.achievements), 10)
+        self.assertTrue(all(a.tiers for a in r.achievements))
+
     # -- privacy
 
     def test_export_and_erase(self):
@@ -392,7 +469,7 @@ class Gamification(hmtest.TestCase):
         sec = {s.section: s.record_count for s in r.sections}
         self.assertEqual(sec["points_transactions"], 1)
         self.assertIn(g, [s for s in r.sections if s.section == "points_account"][0].records_json)
-        self.assertIn(g, [e[1] for e in self.board()])
+        self.wait(lambda: g in [e[1] for e in self.board()], "the board entry")
         rc = era(self.pv.EraseSubjectDataRequest(request_id="x", guest_id=g), metadata=svc,
                  timeout=10).receipt
         self.assertEqual({c.section: c.count for c in rc.deleted}["points_transactions"], 1)

@@ -101,7 +101,18 @@ class GuestdMetricsTest(hmtest.TestCase):
         for _ in range(unauth):
             with self.assertRaises(self.grpc.RpcError):
                 self.get(self.pb.GetProfileRequest(guest_id=MISSING), timeout=5)
-        after = scrape(self.d)
+        # A call is counted when its final batch completes on the server, which may be just
+        # after the client saw its status: scrape until the last calls are in.
+        until = time.monotonic() + 5
+        while True:
+            after = scrape(self.d)
+            seen = sum(value(after, "hm_grpc_requests", method=GUEST + m, code=c) -
+                       value(before, "hm_grpc_requests", method=GUEST + m, code=c)
+                       for m, c in (("CreateGuest", "OK"), ("GetProfile", "NOT_FOUND"),
+                                    ("GetProfile", "UNAUTHENTICATED")))
+            if seen >= ok_creates + not_found + unauth or time.monotonic() > until:
+                break
+            time.sleep(0.05)
 
         def delta(family, **labels):
             return value(after, family, **labels) - value(before, family, **labels)
@@ -168,6 +179,10 @@ class InflightTest(hmtest.TestCase):
                 time.sleep(0.05)
             t.join()
             self.assertEqual(seen, 1)
+            until = time.monotonic() + 5  # counted when the final batch completes (see above)
+            while value(scrape(d), "hm_grpc_requests", method=MESH + "Echo", code="OK") < 1 and \
+                    time.monotonic() < until:
+                time.sleep(0.05)
             self.assertEqual(value(scrape(d), "hm_grpc_inflight_calls"), 0)
             self.assertEqual(value(scrape(d), "hm_grpc_requests", method=MESH + "Echo", code="OK"), 1)
             self.assertEqual(d.stop(), 0)

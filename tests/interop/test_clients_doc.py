@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "lib"))
@@ -63,8 +64,14 @@ class ClientsDocTest(hmtest.TestCase):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
         self.assertEqual(r.returncode, 0, "%s\n%s%s" % (" ".join(cmd), r.stdout, r.stderr))
         self.check_output(r.stdout)
-        after = hmtest.metric(self.d.metrics(), "hm_grpc_requests_total",
-                              method=GUEST + "GetProfile", code="NOT_FOUND")
+        # Counted when the server's final batch completes, maybe just after the client is done.
+        until = time.monotonic() + 5
+        while True:
+            after = hmtest.metric(self.d.metrics(), "hm_grpc_requests_total",
+                                  method=GUEST + "GetProfile", code="NOT_FOUND")
+            if after - before >= 1 or time.monotonic() > until:
+                break
+            time.sleep(0.05)
         self.assertEqual(after - before, 1)
 
     def test_python_example(self):

@@ -478,8 +478,10 @@ int main(int argc, char **argv)
     static const struct option lo[] = {{"threads", 1, NULL, 't'},  {"rate", 1, NULL, 'r'},
                                        {"duration", 1, NULL, 'd'}, {"warmup", 1, NULL, 'w'},
                                        {"guests", 1, NULL, 'g'},   {"items", 1, NULL, 'i'},
+                                       {"only", 1, NULL, 'o'},     {"random-guests", 1, NULL, 'R'},
                                        {"help", 0, NULL, 'h'},     {NULL, 0, NULL, 0}};
-    int nguest_req = 500, opt;
+    int nguest_req = 500, random_guests = 0, opt;
+    const char *only = NULL;
     while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (opt) {
         case 't':
@@ -500,6 +502,12 @@ int main(int argc, char **argv)
         case 'i':
             nitems = atoi(optarg);
             break;
+        case 'o':
+            only = optarg;
+            break;
+        case 'R':
+            random_guests = atoi(optarg);
+            break;
         default:
             usage();
             return opt == 'h' ? 0 : 2;
@@ -509,8 +517,19 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    if (only) { /* one RPC at full weight: a per-RPC benchmark against one daemon */
+        size_t k = 0;
+        while (k < NOPS && strcmp(ops[k].name, only) != 0)
+            k++;
+        if (k == NOPS) {
+            fprintf(stderr, "meshbench: --only: no operation %s\n", only);
+            return 2;
+        }
+        for (size_t i = 0; i < NOPS; i++)
+            ops[i].weight = i == k ? 1000 : 0;
+    }
     for (int d = 0; d < D_COUNT; d++)
-        if (!(addr[d] = getenv(daemon_env[d]))) {
+        if (!(addr[d] = getenv(daemon_env[d])) && !only) {
             fprintf(stderr, "meshbench: %s is not set\n", daemon_env[d]);
             return 2;
         }
@@ -529,9 +548,18 @@ int main(int argc, char **argv)
     hm_uuid_v4(u);
     memcpy(run_tag, u, 8);
     client = hm_client_create(4 * 1024 * 1024);
-    fprintf(stderr, "meshbench: set-up: %d guests, %d items\n", nguest_req, nitems);
-    if (setup(nguest_req) != 0)
-        return 1;
+    if (random_guests > 0) { /* no set-up: guests are random ids (daemons create on first use) */
+        guests = calloc((size_t)random_guests, sizeof *guests);
+        for (int i = 0; i < random_guests; i++) {
+            guests[i] = malloc(HM_UUID_LEN + 1);
+            hm_uuid_v4(guests[i]);
+        }
+        nguests = (size_t)random_guests;
+    } else {
+        fprintf(stderr, "meshbench: set-up: %d guests, %d items\n", nguest_req, nitems);
+        if (setup(nguest_req) != 0)
+            return 1;
+    }
 
     ctx_t *ctx = calloc((size_t)nthreads, sizeof *ctx);
     pthread_t *th = calloc((size_t)nthreads, sizeof *th);

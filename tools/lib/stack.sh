@@ -24,6 +24,10 @@ HM_STACK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 hm_err() { printf '%s: %s\n' "${HM_PROG:-stack}" "$*" >&2; }
 hm_info() { printf '%s: %s\n' "${HM_PROG:-stack}" "$*" >&2; }
+hm_die() {
+	hm_err "$*"
+	exit 1
+}
 
 # Runs a command as the postgres user when we are root (initdb and pg_ctl refuse root), else as
 # ourselves. cd / first so the postgres user is not left in a folder it cannot read.

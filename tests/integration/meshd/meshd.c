@@ -107,6 +107,8 @@ static const hm_method_t methods[] = {
     MESH_METHOD(EchoAuth, echo_request, echo_response, meshd_echo, {.roles = HM_ROLES_ANY}),
     MESH_METHOD(Limited, echo_request, echo_response, meshd_echo,
                 {.roles = HM_ROLES_ANY, .rate_group = "tight"}),
+    MESH_METHOD(VenueEcho, echo_request, echo_response, meshd_echo,
+                {.roles = HM_ROLE_STAFF, .venue_field = "venue_id"}),
     MESH_METHOD(CallPeer, call_peer_request, echo_response, meshd_call_peer,
                 {.roles = HM_ROLES_ANY}),
     MESH_METHOD(Participants, participants_request, participants_response, meshd_participants,
