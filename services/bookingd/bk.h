@@ -66,26 +66,21 @@ hm_status_t bk_slot_make(hm_call_t *call, int venue_type, const Hospitality__Com
 
 /* Columns of a booking row, in the order bk_booking_from_row reads them. */
 #define BK_TS(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
-#define BK_COLS                                                                                                                                                                                                            \
-    "booking_id::text, reference, idempotency_key, guest_id::text, guest_name, guest_email, "                                                                                                                              \
-    "guest_phone, venue_id, venue_type, venue_name, time_zone, to_char(booking_date, "                                                                                                                                     \
-    "'YYYY-MM-DD'), to_char(booking_time, 'HH24:MI:SS'), duration_minutes, nights, " BK_TS("lower"                                                                                                                         \
-                                                                                           "(peri"                                                                                                                         \
-                                                                                           "od)") ", " BK_TS(                                                                                                              \
-        "upper(period)") ", party_size, status, version, currency, "                                                                                                                                                       \
-                         "base_price, tax_amount, discount_amount, total_price, "                                                                                                                                          \
-                         "pricing_defaulted, "                                                                                                                                                                             \
-                         "promotion_code, payment_intent_id, payment_status, "                                                                                                                                             \
-                         "inventory_reservation_id, inventory_item_id, special_requests, "                                                                                                                                 \
-                         "internal_notes, " BK_TS("created_at") ", " BK_TS("updated_at") ","                                                                                                                               \
-                                                                                         " " BK_TS("confirmed_at") ", " BK_TS("cancelled_at") ", " BK_TS(                                                                  \
-                                                                                             "che"                                                                                                                         \
-                                                                                             "cke"                                                                                                                         \
-                                                                                             "d_"                                                                                                                          \
-                                                                                             "in_"                                                                                                                         \
-                                                                                             "at") ", " BK_TS("completed_at") ", " BK_TS("expires_at") ", "                                                                \
-                                                                                                                                                       "cancellation_reason, cancelled_by_type, cancelled_by_id, source, " \
-                                                                                                                                                       "metadata::text, provisional, saga_id::text, refund_id"
+#define BK_COLS                                                                                    \
+    "booking_id::text, reference, idempotency_key, guest_id::text, guest_name, guest_email, "      \
+    "guest_phone, venue_id, venue_type, venue_name, time_zone, to_char(booking_date, "             \
+    "'YYYY-MM-DD'), to_char(booking_time, 'HH24:MI:SS'), duration_minutes, nights, "               \
+    "(extract(epoch FROM lower(period)) * 1000000)::bigint, (extract(epoch FROM "                  \
+    "upper(period)) * 1000000)::bigint, party_size, status, version, currency, base_price, "       \
+    "tax_amount, discount_amount, total_price, pricing_defaulted, promotion_code, "                \
+    "payment_intent_id, payment_status, inventory_reservation_id, inventory_item_id, "             \
+    "special_requests, internal_notes, (extract(epoch FROM created_at) * 1000000)::bigint, "       \
+    "(extract(epoch FROM updated_at) * 1000000)::bigint, (extract(epoch FROM confirmed_at) "       \
+    "* 1000000)::bigint, (extract(epoch FROM cancelled_at) * 1000000)::bigint, "                   \
+    "(extract(epoch FROM checked_in_at) * 1000000)::bigint, (extract(epoch FROM "                  \
+    "completed_at) * 1000000)::bigint, (extract(epoch FROM expires_at) * 1000000)::bigint, "       \
+    "cancellation_reason, cancelled_by_type, cancelled_by_id, source, metadata::text, "            \
+    "provisional, saga_id::text, refund_id"
 enum {
     BKC_ID,
     BKC_REF,

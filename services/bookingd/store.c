@@ -92,37 +92,13 @@ static bool leap(int y)
     return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
 }
 
-static const hm_stmt_t st_slot =
-    {"bk_slot",
-     "SELECT " BK_TS("(($1::date + $2::time) AT TIME ZONE $3)") ", CASE WHEN $4::int > 0 "
-                                                                "THEN " BK_TS("(($1::date + "
-                                                                              "$4::int + time "
-                                                                              "'11:00') AT TIME "
-                                                                              "ZONE $3)") " ELSE"
-                                                                                          " " BK_TS(
-                                                                                              "(($"
-                                                                                              "1::"
-                                                                                              "date"
-                                                                                              " + "
-                                                                                              "$2::"
-                                                                                              "time"
-                                                                                              ") "
-                                                                                              "AT "
-                                                                                              "TIME"
-                                                                                              " ZON"
-                                                                                              "E "
-                                                                                              "$3) "
-                                                                                              "+ "
-                                                                                              "make"
-                                                                                              "_int"
-                                                                                              "erva"
-                                                                                              "l("
-                                                                                              "mins"
-                                                                                              " => "
-                                                                                              "$5::"
-                                                                                              "int"
-                                                                                              ")") " END",
-     5};
+static const hm_stmt_t st_slot = {
+    "bk_slot",
+    "SELECT (extract(epoch FROM (($1::date + $2::time) AT TIME ZONE $3)) * 1000000)::bigint, "
+    "CASE WHEN $4::int > 0 THEN (extract(epoch FROM (($1::date + $4::int + time '11:00') AT "
+    "TIME ZONE $3)) * 1000000)::bigint ELSE (extract(epoch FROM (($1::date + $2::time) AT "
+    "TIME ZONE $3) + make_interval(mins => $5::int)) * 1000000)::bigint END",
+    5};
 
 hm_status_t bk_slot_make(hm_call_t *call, int venue_type, const Hospitality__Common__V1__Date *date,
                          const Hospitality__Common__V1__TimeOfDay *time, int duration, int nights,
