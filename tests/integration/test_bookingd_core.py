@@ -74,6 +74,9 @@ class Stack:
             "HM_PAYMENT_ADDR": self.ps.addr,
             "HM_SERVICE_TOKEN": hmtest.token("bookingd", roles=("service",), ttl=86400),
             "HM_BOOKING_PARTNER_TIMEOUT": "3s",
+            # fixed for the stack: a restarted bookingd or a second replica reads the same PII
+            "HM_PII_KEYS": "k1:" + hmtest.random_hex(),
+            "HM_PII_INDEX_KEY": hmtest.random_hex(),
         }
         self.booking_env.update(booking_env or {})
         name, exe = hmtest.daemon_under_test()
@@ -670,6 +673,38 @@ class BookingCore(hmtest.TestCase):
                                          partner="inventory"), 0)
         self.assertGreater(hmtest.metric(m, "bookingd_booking_value_minor_total",
                                          venue_type="restaurant"), 0)
+
+    # -- partnersim's faults at start
+
+    def test_partnersim_faults_from_the_environment(self):
+        s = self.s
+        ps = hmtest.Daemon("partnersim", os.environ["HM_TEST_PARTNERSIM_EXE"],
+                           env={"HM_PARTNERSIM_FAULTS": "pricing:down;inventory.Reserve:latency=50"},
+                           label="partnersim-faults").start()
+        try:
+            fn = ps.channel().unary_unary(
+                ADMIN + "GetFaults", request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=s.ps_pb.FaultsResponse.FromString)
+            f = fn(s.ps_pb.GetFaultsRequest(), metadata=s.admin, timeout=10).faults
+            self.assertEqual([(x.service, x.method, x.down, x.latency_ms) for x in f],
+                             [("pricing", "", True, 0), ("inventory", "Reserve", False, 50)])
+            quote = ps.channel().unary_unary(
+                "/hospitality.partner.v1.PricingService/Quote",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=s.partner.QuoteResponse.FromString)
+            with self.assertRaises(self.grpc.RpcError) as cm:
+                quote(s.partner.QuoteRequest(venue_id="v"), metadata=s.admin, timeout=10)
+            self.assertEqual(cm.exception.code().name, "UNAVAILABLE")
+        finally:
+            self.assertEqual(ps.stop(), 0)
+            ps.close()
+        bad = hmtest.Daemon("partnersim", os.environ["HM_TEST_PARTNERSIM_EXE"],
+                            env={"HM_PARTNERSIM_FAULTS": "billing:down"}, label="partnersim-bad")
+        try:
+            bad.spawn()
+            self.assertNotEqual(bad.wait(20), 0)  # refuses to start on a bad fault spec
+        finally:
+            bad.close()
 
     # -- data subject
 

@@ -45,6 +45,10 @@ class BookingSaga(hmtest.TestCase):
         self.assertEqual(cm.exception.code().name, want, cm.exception.details())
         return cm.exception
 
+    def confirmed(self, **kw):
+        """A CONFIRMED booking: PENDING ones expire after 3 s in this class (expiry tests)."""
+        return self.s.status(self.s.create(**kw), CONFIRMED).booking
+
     def no_booking(self, venue):
         return self.s.bsql("SELECT count(*) FROM bk_bookings WHERE venue_id = '%s'" % venue) == "0"
 
@@ -158,6 +162,53 @@ class BookingSaga(hmtest.TestCase):
             "SELECT EXISTS (SELECT 1 FROM ps_reservations WHERE venue_id = '%s' AND status = 1)")
         self.assert_nothing_leaked(req)
 
+    def test_sigkill_during_update_leaves_the_booking_as_it_was(self):
+        s = self.s
+        b = self.confirmed(hour=19)
+        s.faults("inventory.Reserve:after=20000")
+        done = threading.Event()
+
+        def call():
+            try:
+                s.rpc("UpdateBooking", self.move_req(b, 12, party=3), "UpdateBookingResponse",
+                      timeout=30)
+            except self.grpc.RpcError:
+                pass
+            done.set()
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        s.wait_for(lambda: s.held(b.booking_id) == 2, what="the update's new hold")
+        s.restart_bookingd(kill=True)
+        s.faults()
+        t.join(30)
+        s.wait_for(lambda: s.held(b.booking_id) == 1, what="the new hold released by recovery")
+        self.assertEqual(s.psql("SELECT status FROM ps_reservations WHERE reservation_id = '%s'"
+                                % b.inventory_reservation_id), "1")  # the old one stays
+        s.wait_for(lambda: s.bsql("SELECT saga_id IS NULL FROM bk_bookings WHERE booking_id = "
+                                  "'%s'" % b.booking_id) == "t", what="booking unclaimed")
+        self.assertEqual(s.get(b.booking_id).booking, b)
+        self.assertEqual(s.bsql("SELECT state FROM bk_sagas WHERE booking_id = '%s' AND kind = "
+                                "'update'" % b.booking_id), "compensated")
+        # and the booking can be moved afterwards
+        u = s.rpc("UpdateBooking", self.move_req(b, 12, party=3), "UpdateBookingResponse").booking
+        self.assertEqual((u.booking_time.hours, u.party_size), (12, 3))
+
+    def test_cancel_with_inventory_down_releases_later(self):
+        s = self.s
+        b = s.create()
+        s.faults("inventory.Release:down")
+        r = s.cancel(b)
+        self.assertEqual(r.booking.status, 5)  # cancelled at once
+        self.assertEqual(s.held(b.booking_id), 1)  # the partner could not be told yet
+        self.assertEqual(s.bsql("SELECT count(*) FROM bk_partner_actions WHERE booking_id = '%s' "
+                                "AND kind = 'release' AND done_at IS NULL" % b.booking_id), "1")
+        s.faults()
+        s.wait_for(lambda: s.held(b.booking_id) == 0, timeout=30,
+                   what="the release retried by the partner-actions task")
+        self.assertEqual(s.bsql("SELECT count(*) FROM bk_partner_actions WHERE booking_id = '%s' "
+                                "AND done_at IS NULL" % b.booking_id), "0")
+
     def move_req(self, b, hour, party=None):
         s = self.s
         req = s.pb.UpdateBookingRequest(booking_id=b.booking_id, expected_version=b.version)
@@ -170,7 +221,7 @@ class BookingSaga(hmtest.TestCase):
 
     def test_update_moving_the_time_rereserves_and_reprices(self):
         s = self.s
-        b = s.create(hour=19, party=2)
+        b = self.confirmed(hour=19, party=2)
         old_res, old_intent = b.inventory_reservation_id, b.payment_intent_id
         u = s.rpc("UpdateBooking", self.move_req(b, 12, party=4), "UpdateBookingResponse").booking
         self.assertEqual((u.booking_time.hours, u.party_size, u.version), (12, 4, b.version + 1))
@@ -189,7 +240,7 @@ class BookingSaga(hmtest.TestCase):
         self.assertEqual(ev.previous.party_size, 2)
         self.assertEqual(ev.booking.party_size, 4)
         # moving onto another booking's slot: ALREADY_EXISTS, nothing changes
-        other = s.create(venue=b.venue_id, item=b.inventory_item_id, hour=16)
+        other = self.confirmed(venue=b.venue_id, item=b.inventory_item_id, hour=16)
         e = self.assertRpcError("ALREADY_EXISTS", s.rpc, "UpdateBooking", self.move_req(u, 16),
                                 "UpdateBookingResponse")
         self.assertIn(other.booking_id, e.details())
@@ -197,7 +248,7 @@ class BookingSaga(hmtest.TestCase):
 
     def test_failed_rereserve_leaves_the_booking_as_it_was(self):
         s = self.s
-        b = s.create(hour=19)
+        b = self.confirmed(hour=19)
         s.faults("inventory.Reserve:down")
         e = self.assertRpcError("UNAVAILABLE", s.rpc, "UpdateBooking", self.move_req(b, 13, 5),
                                 "UpdateBookingResponse")
