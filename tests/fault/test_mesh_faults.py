@@ -12,8 +12,8 @@ then hangs. After recovery the invariants must hold:
   - caches agree with Postgres (a cached profile equals the row).
 The mesh has its own Postgres and Redis (tests/lib/hmmesh.py), so this test may break them.
 
-STATUS: not registered in meson yet: its load needs bookingd, recommenderd and privacyd to
-serve CreateBooking, Recommend and GetConsent, and partnersim to exist (issue 12).
+STATUS: not registered in meson yet: its load needs recommenderd and privacyd to serve
+Recommend and GetConsent (issues 7 and 10), then the invariants of each daemon (issue 12).
 """
 import os
 import sys
