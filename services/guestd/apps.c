@@ -63,8 +63,7 @@ static const char *unified_value(const Hospitality__Guest__V1__Profile *p, const
     if (!strcmp(u, "location.country_code"))
         return p->location ? p->location->country_code : "";
     if (!strcmp(u, "privacy_settings.show_on_leaderboards"))
-        return p->privacy_settings && p->privacy_settings->show_on_leaderboards ? "true"
-                                                                                 : "false";
+        return p->privacy_settings && p->privacy_settings->show_on_leaderboards ? "true" : "false";
     return "";
 }
 
@@ -77,7 +76,7 @@ static const struct field_map *mapped(int app, const char *field)
 }
 
 #define AP_COLS                                                                                    \
-    "app_user_id, fields_enc, preferences::text, version, sync_status, synced_profile_version, "  \
+    "app_user_id, fields_enc, preferences::text, version, sync_status, synced_profile_version, "   \
     "(extract(epoch FROM last_synced_at) * 1e6)::bigint, last_error, failed_attempts, "            \
     "(extract(epoch FROM next_attempt_at) * 1e6)::bigint, (extract(epoch FROM created_at) * "      \
     "1e6)::bigint, (extract(epoch FROM updated_at) * 1e6)::bigint"
@@ -93,7 +92,8 @@ static const hm_stmt_t st_upsert = {
     "ga_upsert",
     "INSERT INTO guest_app_profiles AS a (guest_id, app, app_user_id, fields_enc, preferences, "
     "version, sync_status, synced_profile_version, last_synced_at, last_error, failed_attempts, "
-    "next_attempt_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, CASE WHEN $7 = 1 THEN "
+    "next_attempt_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::smallint, $8, CASE WHEN "
+    "$7::smallint = 1 THEN "
     "clock_timestamp() END, $9, $10, clock_timestamp() + make_interval(secs => $11::float8)) ON "
     "CONFLICT (guest_id, app) DO UPDATE SET app_user_id = excluded.app_user_id, fields_enc = "
     "excluded.fields_enc, preferences = excluded.preferences, version = excluded.version, "
@@ -215,16 +215,17 @@ static int ap_save(const gd_env_t *e, ap_t *p, int64_t backoff_s)
 
 static int publish_synced(const gd_env_t *e, const ap_t *p, int64_t profile_version, bool ok)
 {
-    Hospitality__Events__V1__UserProfileSynced ev = HOSPITALITY__EVENTS__V1__USER_PROFILE_SYNCED__INIT;
+    Hospitality__Events__V1__UserProfileSynced ev =
+        HOSPITALITY__EVENTS__V1__USER_PROFILE_SYNCED__INIT;
     ev.guest_id = p->msg->guest_id;
     ev.app = p->msg->app;
     ev.app_user_id = p->msg->app_user_id;
     ev.profile_version = profile_version;
     ev.app_profile_version = p->msg->version;
     ev.succeeded = ok;
-    return e->call ? hm_call_publish(e->call, e->db, "user.profile.synced", ev.guest_id, &ev.base)
-                   : hm_publish(e->db, e->arena, "user.profile.synced", ev.guest_id, NULL,
-                                &ev.base);
+    return e->call
+               ? hm_call_publish(e->call, e->db, "user.profile.synced", ev.guest_id, &ev.base)
+               : hm_publish(e->db, e->arena, "user.profile.synced", ev.guest_id, NULL, &ev.base);
 }
 
 /* Pushes the unified profile into one app profile (locked): SYNCED or FAILED. With `bump`,
@@ -275,8 +276,8 @@ GD_HANDLER(guest_get_app_profile)
     hm_status_t st;
     if (!gd_check_guest(call, "guest_id", req->guest_id, &st))
         return st;
-    if (req->app == 0 || !gd_check_enum(call, "app", req->app,
-                                        &hospitality__common__v1__app__descriptor, &st))
+    if (req->app == 0 ||
+        !gd_check_enum(call, "app", req->app, &hospitality__common__v1__app__descriptor, &st))
         return req->app == 0 ? hm_call_invalid(call, "app", "required") : st;
     gd_env_t e = gd_env(call);
     ap_t p;
@@ -288,7 +289,8 @@ GD_HANDLER(guest_get_app_profile)
         return hm_call_fail(call, rc, "load app profile");
     ap_fill_maps(&call->arena, &p);
     ap_free(&p);
-    Hospitality__Guest__V1__GetAppProfileResponse *resp = hm_arena_alloc(&call->arena, sizeof *resp);
+    Hospitality__Guest__V1__GetAppProfileResponse *resp =
+        hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__guest__v1__get_app_profile_response__init(resp);
     resp->app_profile = p.msg;
     *out = &resp->base;
@@ -405,8 +407,9 @@ static int ua_fn(hm_db_t *db, void *arg)
             const char *val = v ? v : "";
             if (hm_utf8_len(val) > m->max) {
                 ap_free(&p);
-                return fail(t, hm_call_invalid(call, hm_arena_printf(a, "app_profile.fields[%s]", k),
-                                               "at most %zu characters in this app", m->max)),
+                return fail(t,
+                            hm_call_invalid(call, hm_arena_printf(a, "app_profile.fields[%s]", k),
+                                            "at most %zu characters in this app", m->max)),
                        HM_EINVAL;
             }
             if (!strcmp(m->unified, "name"))
@@ -469,13 +472,13 @@ GD_HANDLER(guest_update_app_profile)
     hm_status_t st;
     if (!gd_check_guest(call, "guest_id", req->guest_id, &st))
         return st;
-    if (req->app == 0 || !gd_check_enum(call, "app", req->app,
-                                        &hospitality__common__v1__app__descriptor, &st))
+    if (req->app == 0 ||
+        !gd_check_enum(call, "app", req->app, &hospitality__common__v1__app__descriptor, &st))
         return req->app == 0 ? hm_call_invalid(call, "app", "required") : st;
     if (!req->update_mask || req->update_mask->n_paths == 0)
         return hm_call_invalid(call, "update_mask", "name the fields to change");
-    if (req->app_profile && !gd_check_text(call, "app_profile.app_user_id",
-                                           req->app_profile->app_user_id, 128, &st))
+    if (req->app_profile &&
+        !gd_check_text(call, "app_profile.app_user_id", req->app_profile->app_user_id, 128, &st))
         return st;
     ua_tx_t t = {call, req, NULL, HM_STATUS_OK, false};
     int rc = hm_db_tx(call->db, ua_fn, &t, HM_DB_READ_COMMITTED);
@@ -511,8 +514,7 @@ static int sy_fn(hm_db_t *db, void *arg)
     const Hospitality__Guest__V1__SyncAppProfilesRequest *req = t->req;
     t->n = 0;
     int rc = guest_store_lock(&e, req->guest_id, &t->profile);
-    if (rc == HM_ENOTFOUND)
-        {
+    if (rc == HM_ENOTFOUND) {
         t->failed = true;
         t->st = gd_not_found(call, req->guest_id);
         return rc;
@@ -535,7 +537,8 @@ static int sy_fn(hm_db_t *db, void *arg)
         size_t nc = 0;
         for (size_t i = 0; i < NMAP; i++) {
             json_t *v;
-            if (fmap[i].app != (int)req->source_app || !(v = json_object_get(src.fields, fmap[i].field)))
+            if (fmap[i].app != (int)req->source_app ||
+                !(v = json_object_get(src.fields, fmap[i].field)))
                 continue;
             const char *s = hm_arena_strdup(a, gd_jsv(v));
             if (strcmp(s, unified_value(t->profile, fmap[i].unified)) == 0)
@@ -641,7 +644,8 @@ GD_HANDLER(guest_sync_app_profiles)
         return t.st;
     if (rc)
         return gd_fail(call, rc, "sync app profiles");
-    Hospitality__Guest__V1__SyncAppProfilesResponse *resp = hm_arena_alloc(&call->arena, sizeof *resp);
+    Hospitality__Guest__V1__SyncAppProfilesResponse *resp =
+        hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__guest__v1__sync_app_profiles_response__init(resp);
     resp->results = t.results;
     resp->n_results = t.n;

@@ -164,8 +164,9 @@ static int load_signals(const gd_env_t *e, const char *guest,
     return 0;
 }
 
-static int load_segments(const gd_env_t *e, const char *guest, Hospitality__Guest__V1__Segment ***out,
-                         size_t *n, Google__Protobuf__Timestamp **computed)
+static int load_segments(const gd_env_t *e, const char *guest,
+                         Hospitality__Guest__V1__Segment ***out, size_t *n,
+                         Google__Protobuf__Timestamp **computed)
 {
     hm_arena_t *a = e->arena;
     PGresult *r;
@@ -208,8 +209,8 @@ GD_HANDLER(guest_get_segments)
     gd_env_t e = gd_env(call);
     Hospitality__Guest__V1__GetSegmentsResponse *resp = hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__guest__v1__get_segments_response__init(resp);
-    int rc = load_segments(&e, req->guest_id, &resp->segments, &resp->n_segments,
-                           &resp->computed_at);
+    int rc =
+        load_segments(&e, req->guest_id, &resp->segments, &resp->n_segments, &resp->computed_at);
     if (rc)
         return hm_call_fail(call, rc, "load segments");
     *out = &resp->base;
@@ -305,8 +306,8 @@ static int build(hm_call_t *call, const char *guest, const char *venue, const PG
         return rc;
     const Hospitality__Guest__V1__ExplicitPreferences *p = c->preferences;
     c->vector_version = "v1";
-    size_t cap = 64 + p->n_dietary_restrictions + p->n_favorite_categories +
-                 p->n_seating_preferences;
+    size_t cap =
+        64 + p->n_dietary_restrictions + p->n_favorite_categories + p->n_seating_preferences;
     c->preference_vector = hm_arena_alloc(a, sizeof(void *) * cap);
     for (size_t i = 0; i < p->n_dietary_restrictions; i++)
         add_feature(a, c, hm_arena_printf(a, "diet:%s", p->dietary_restrictions[i]), 1.0);
@@ -315,8 +316,8 @@ static int build(hm_call_t *call, const char *guest, const char *venue, const PG
     for (size_t i = 0; i < p->n_seating_preferences; i++)
         add_feature(a, c, hm_arena_printf(a, "seating:%s", p->seating_preferences[i]), 0.5);
     if (!c->personalization_allowed) {
-        static char *omitted[] = {"implicit_preferences", "preference_vector.behavior",
-                                  "segments", "signals"};
+        static char *omitted[] = {"implicit_preferences", "preference_vector.behavior", "segments",
+                                  "signals"};
         c->omitted = omitted;
         c->n_omitted = sizeof omitted / sizeof *omitted;
     } else {
@@ -344,10 +345,10 @@ static int build(hm_call_t *call, const char *guest, const char *venue, const PG
             c->implicit_preferences[c->n_implicit_preferences++] = ip;
         }
         for (size_t i = 0; i < c->signals->n_category_affinities && i < 20; i++)
-            add_feature(a, c,
-                        hm_arena_printf(a, "category:%s",
-                                        c->signals->category_affinities[i]->category),
-                        0.5 * c->signals->category_affinities[i]->score);
+            add_feature(
+                a, c,
+                hm_arena_printf(a, "category:%s", c->signals->category_affinities[i]->category),
+                0.5 * c->signals->category_affinities[i]->score);
     }
     qsort(c->preference_vector, c->n_preference_vector, sizeof(void *), by_weight);
     c->computed_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
@@ -365,12 +366,13 @@ GD_HANDLER(guest_get_personalization_context)
         !load_guest(call, req->guest_id, &g, &st))
         return st;
     hm_arena_t *a = &call->arena;
-    Hospitality__Guest__V1__GetPersonalizationContextResponse *resp = hm_arena_alloc(a, sizeof *resp);
+    Hospitality__Guest__V1__GetPersonalizationContextResponse *resp =
+        hm_arena_alloc(a, sizeof *resp);
     hospitality__guest__v1__get_personalization_context_response__init(resp);
     *out = &resp->base;
-    char *key = hm_cache_key(a, "guestd", "ctx",
-                             hm_arena_printf(a, "%s:%s:%s", req->guest_id, gd_str(g, 0, 3),
-                                             req->venue_id));
+    char *key =
+        hm_cache_key(a, "guestd", "ctx",
+                     hm_arena_printf(a, "%s:%s:%s", req->guest_id, gd_str(g, 0, 3), req->venue_id));
     char *val;
     size_t len;
     if (hm_cache_get(call->cache, a, key, &val, &len) == 0) {

@@ -45,7 +45,9 @@ static inline const char *gd_jsv(const json_t *v)
 }
 
 /* ---- util.c: SQL and value helpers ---- */
-/* Runs `stmt` with its nparams string parameters from the varargs (NULL = SQL NULL). */
+/* Runs `stmt` with its nparams (at most GD_MAX_PARAMS) string parameters from the varargs
+ * (NULL = SQL NULL). */
+#define GD_MAX_PARAMS 32
 int gd_q(const gd_env_t *e, const hm_stmt_t *stmt, PGresult **out, ...);
 const char *gd_str(const PGresult *r, int row, int col); /* "" for NULL, arena-independent */
 int64_t gd_i64(const PGresult *r, int row, int col);

@@ -62,8 +62,8 @@ static int normalize(const gd_env_t *e, const ident_t *in, nid_t *out)
     /* Devices and sessions are global; app user ids are per app. */
     if (out->type != GD_ID_APP_USER)
         out->app = 0;
-    out->index = gd_blind(e, "id", hm_arena_printf(e->arena, "%d:%d:%s", out->type, out->app,
-                                                   out->value));
+    out->index =
+        gd_blind(e, "id", hm_arena_printf(e->arena, "%d:%d:%s", out->type, out->app, out->value));
     return out->index ? 0 : HM_ECRYPTO;
 }
 
@@ -215,8 +215,8 @@ static const hm_stmt_t st_move_apps = {
     "AND b.app = a.app) AND a.app = (SELECT min(c.app) FROM guest_app_profiles c WHERE c.app = "
     "a.app AND c.guest_id = ANY($1::uuid[]))",
     2};
-static const hm_stmt_t st_merge_prefs = {
-    "gid_merge_prefs", "SELECT gd_merge_preferences($2, $1::uuid[])", 2};
+static const hm_stmt_t st_merge_prefs = {"gid_merge_prefs",
+                                         "SELECT gd_merge_preferences($2, $1::uuid[])", 2};
 static const hm_stmt_t st_rebuild = {"gid_rebuild", "SELECT gd_rebuild_signals($1)", 1};
 static const hm_stmt_t st_merge_insert = {
     "gid_merge_insert",
@@ -322,8 +322,7 @@ static void fill_from(Hospitality__Guest__V1__Profile *p, const Hospitality__Gue
     FILL(language);
     FILL(time_zone);
 #undef FILL
-    if (p->location && s->location && !*p->location->country_code &&
-        *s->location->country_code) {
+    if (p->location && s->location && !*p->location->country_code && *s->location->country_code) {
         *p->location = *s->location;
         changed[(*n)++] = "location";
     }
@@ -344,8 +343,8 @@ static int do_merge(const gd_env_t *e, merge_req_t *m, merge_t **out)
     gd_id_count_t counts[64];
     size_t nc = 0;
     for (int i = 0; i < PQntuples(r) && nc < 64; i++)
-        counts[nc++] = (gd_id_count_t){(int)gd_i64(r, i, 0), (int)gd_i64(r, i, 1),
-                                       (int)gd_i64(r, i, 2)};
+        counts[nc++] =
+            (gd_id_count_t){(int)gd_i64(r, i, 0), (int)gd_i64(r, i, 1), (int)gd_i64(r, i, 2)};
     int bad = gd_merge_conflict(counts, nc);
     if (bad >= 0) {
         m->why = hm_arena_printf(a,
@@ -368,8 +367,8 @@ static int do_merge(const gd_env_t *e, merge_req_t *m, merge_t **out)
         guest_profile_t *s;
         if ((rc = guest_store_get(e, m->sources[i], &s)) != 0)
             return rc;
-        any_active = any_active ||
-                     s->status == HOSPITALITY__GUEST__V1__GUEST_STATUS__GUEST_STATUS_ACTIVE;
+        any_active =
+            any_active || s->status == HOSPITALITY__GUEST__V1__GUEST_STATUS__GUEST_STATUS_ACTIVE;
         if (nchanged < 8)
             fill_from(surv, s, changed, &nchanged);
     }
@@ -387,10 +386,9 @@ static int do_merge(const gd_env_t *e, merge_req_t *m, merge_t **out)
         surv->status = HOSPITALITY__GUEST__V1__GUEST_STATUS__GUEST_STATUS_ACTIVE;
         changed[nchanged++] = "status";
     }
-    if (nchanged > 0 &&
-        (rc = guest_save_profile(e, surv, changed, nchanged,
-                                 HOSPITALITY__COMMON__V1__ACTOR_TYPE__ACTOR_TYPE_SYSTEM, "merge")) !=
-            0)
+    if (nchanged > 0 && (rc = guest_save_profile(
+                             e, surv, changed, nchanged,
+                             HOSPITALITY__COMMON__V1__ACTOR_TYPE__ACTOR_TYPE_SYSTEM, "merge")) != 0)
         return rc;
     if ((rc = gd_q(e, &st_rebuild, NULL, m->survivor)) != 0)
         return rc;
@@ -493,7 +491,9 @@ static int mg_fn(hm_db_t *db, void *arg)
         return HM_EPRECOND;
     }
     /* Sources already merged into the survivor are done (a retried or concurrent merge). */
-    merge_req_t m = {.survivor = req->guest_id, .rule = "manual", .reason = req->reason,
+    merge_req_t m = {.survivor = req->guest_id,
+                     .rule = "manual",
+                     .reason = req->reason,
                      .idem = req->idempotency_key};
     m.sources = hm_arena_alloc(&call->arena, sizeof(char *) * n);
     const char *done_src = NULL;
@@ -793,7 +793,8 @@ GD_HANDLER(guest_resolve_identity)
     for (size_t i = 0; i < n; i++)
         if (ids[i].rejected)
             rejected[nrej++] = to_ident(&call->arena, &ids[i]);
-    Hospitality__Guest__V1__ResolveIdentityResponse *resp = hm_arena_alloc(&call->arena, sizeof *resp);
+    Hospitality__Guest__V1__ResolveIdentityResponse *resp =
+        hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__guest__v1__resolve_identity_response__init(resp);
     resp->guest_id = (char *)t.guest;
     resp->created = t.created;
@@ -924,7 +925,8 @@ GD_HANDLER(guest_link_identity)
     Hospitality__Guest__V1__LinkIdentityResponse *resp = hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__guest__v1__link_identity_response__init(resp);
     resp->merge = t.merge;
-    if ((rc = guest_list_identifiers(&e, req->guest_id, &resp->identifiers, &resp->n_identifiers)) != 0)
+    if ((rc = guest_list_identifiers(&e, req->guest_id, &resp->identifiers,
+                                     &resp->n_identifiers)) != 0)
         return hm_call_fail(call, rc, "list identifiers");
     *out = &resp->base;
     return HM_STATUS_OK;
@@ -991,13 +993,15 @@ GD_HANDLER(guest_explain_identity)
         l->linked_at = gd_ts(a, r[i], 0, 3);
         resp->path[resp->n_path++] = l;
         text = hm_arena_printf(a, "%s%s%s", text, *text ? "; " : "",
-                               *merge ? hm_arena_printf(a, "%s %s joined by merge %s (rule %s) on "
-                                                            "%s",
+                               *merge ? hm_arena_printf(a,
+                                                        "%s %s joined by merge %s (rule %s) on "
+                                                        "%s",
                                                         i ? "second" : "first",
                                                         gd_id_type_name(x[i].type), merge,
                                                         l->rule_id, gd_str(r[i], 0, 5))
-                                      : hm_arena_printf(a, "both identifiers attached to guest %s "
-                                                           "(rules %s and %s)",
+                                      : hm_arena_printf(a,
+                                                        "both identifiers attached to guest %s "
+                                                        "(rules %s and %s)",
                                                         g, gd_str(r[0], 0, 2), gd_str(r[1], 0, 2)));
     }
     resp->explanation = text;

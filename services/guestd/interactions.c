@@ -26,7 +26,8 @@
 typedef Hospitality__Guest__V1__Interaction ix_t;
 
 #define IX_COLS                                                                                    \
-    "interaction_id::text, guest_id::text, type, (extract(epoch FROM occurred_at) * 1e6)::bigint, " \
+    "interaction_id::text, guest_id::text, type, (extract(epoch FROM occurred_at) * "              \
+    "1e6)::bigint, "                                                                               \
     "(extract(epoch FROM recorded_at) * 1e6)::bigint, venue_id, item_id, category, booking_id, "   \
     "order_id, amount_minor, currency, search_query, search_filters::text, rating, app, "          \
     "session_id, platform, page, referrer, metadata::text, coalesce(source_event_id, '')"
@@ -73,7 +74,8 @@ static void fill_map(hm_arena_t *a, const char *text, void ***out, size_t *n, bo
     json_object_foreach(o, k, v)
     {
         if (search) {
-            Hospitality__Guest__V1__Interaction__SearchFiltersEntry *e = hm_arena_alloc(a, sizeof *e);
+            Hospitality__Guest__V1__Interaction__SearchFiltersEntry *e =
+                hm_arena_alloc(a, sizeof *e);
             hospitality__guest__v1__interaction__search_filters_entry__init(e);
             e->key = hm_arena_strdup(a, k);
             e->value = hm_arena_strdup(a, gd_jsv(v));
@@ -138,9 +140,8 @@ static bool validate(hm_call_t *call, const char *f, const ix_t *x, hm_status_t 
         *st = hm_call_invalid(call, f, "required");
         return false;
     }
-    if (x->type == 0 ||
-        !protobuf_c_enum_descriptor_get_value(&hospitality__common__v1__interaction_type__descriptor,
-                                              x->type)) {
+    if (x->type == 0 || !protobuf_c_enum_descriptor_get_value(
+                            &hospitality__common__v1__interaction_type__descriptor, x->type)) {
         *st = hm_call_invalid(call, F("type"), "must be a known interaction type");
         return false;
     }
@@ -179,8 +180,9 @@ static bool validate(hm_call_t *call, const char *f, const ix_t *x, hm_status_t 
             return false;
         }
     }
-    bool rated = x->type == HOSPITALITY__COMMON__V1__INTERACTION_TYPE__INTERACTION_TYPE_REVIEW_SUBMITTED ||
-                 x->type == HOSPITALITY__COMMON__V1__INTERACTION_TYPE__INTERACTION_TYPE_RATING_SUBMITTED;
+    bool rated =
+        x->type == HOSPITALITY__COMMON__V1__INTERACTION_TYPE__INTERACTION_TYPE_REVIEW_SUBMITTED ||
+        x->type == HOSPITALITY__COMMON__V1__INTERACTION_TYPE__INTERACTION_TYPE_RATING_SUBMITTED;
     if (rated ? !(x->rating >= 1 && x->rating <= 5) : x->rating != 0) {
         *st = hm_call_invalid(call, F("rating"),
                               rated ? "must be within 1..5" : "only reviews and ratings carry one");
@@ -333,8 +335,8 @@ static int rec_fn(hm_db_t *db, void *arg)
                            &recorded(a, t->items[0])->base);
 }
 
-static hm_status_t record(hm_call_t *call, const char *guest, ix_t **items, size_t n, const char *key,
-                          bool batch)
+static hm_status_t record(hm_call_t *call, const char *guest, ix_t **items, size_t n,
+                          const char *key, bool batch)
 {
     hm_status_t st;
     if (!gd_check_guest(call, "guest_id", guest, &st))
@@ -346,8 +348,8 @@ static hm_status_t record(hm_call_t *call, const char *guest, ix_t **items, size
                       batch ? hm_arena_printf(&call->arena, "interactions[%zu]", i) : "interaction",
                       items[i], &st))
             return st;
-    rec_tx_t t = {call, guest, key && *key ? key : NULL, items, n, batch, false, HM_STATUS_OK,
-                  false};
+    rec_tx_t t = {call,         guest, key && *key ? key : NULL, items, n, batch, false,
+                  HM_STATUS_OK, false};
     int rc = hm_db_tx(call->db, rec_fn, &t, HM_DB_READ_COMMITTED);
     if (t.failed)
         return t.st;
@@ -367,7 +369,8 @@ GD_HANDLER(guest_record_interaction)
     hm_status_t st = record(call, req->guest_id, &x, 1, req->idempotency_key, false);
     if (st.code != HM_CODE_OK)
         return st;
-    Hospitality__Guest__V1__RecordInteractionResponse *resp = hm_arena_alloc(&call->arena, sizeof *resp);
+    Hospitality__Guest__V1__RecordInteractionResponse *resp =
+        hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__guest__v1__record_interaction_response__init(resp);
     resp->interaction = x;
     *out = &resp->base;
@@ -383,8 +386,8 @@ GD_HANDLER(guest_record_interactions)
         return hm_call_invalid(call, "interactions", "at most 500 per batch");
     ix_t **items = hm_arena_alloc(&call->arena, sizeof(ix_t *) * req->n_interactions);
     memcpy(items, req->interactions, sizeof(ix_t *) * req->n_interactions);
-    hm_status_t st = record(call, req->guest_id, items, req->n_interactions, req->idempotency_key,
-                            true);
+    hm_status_t st =
+        record(call, req->guest_id, items, req->n_interactions, req->idempotency_key, true);
     if (st.code != HM_CODE_OK)
         return st;
     Hospitality__Guest__V1__RecordInteractionsResponse *resp =
@@ -449,8 +452,8 @@ GD_HANDLER(guest_list_interactions)
         return gd_not_found(call, req->guest_id);
     if ((rc = gd_q(&e, &st_list, &r, req->guest_id, gd_text_array(a, types, req->n_types),
                    tr && tr->start_time ? gd_usp(a, hm_timestamp_to_us(tr->start_time)) : NULL,
-                   tr && tr->end_time ? gd_usp(a, hm_timestamp_to_us(tr->end_time)) : NULL, req->venue_id,
-                   after_ts, after_id, gd_i64p(a, size + 1))) != 0)
+                   tr && tr->end_time ? gd_usp(a, hm_timestamp_to_us(tr->end_time)) : NULL,
+                   req->venue_id, after_ts, after_id, gd_i64p(a, size + 1))) != 0)
         return hm_call_fail(call, rc, "list interactions");
     Hospitality__Guest__V1__ListInteractionsResponse *resp = hm_arena_alloc(a, sizeof *resp);
     hospitality__guest__v1__list_interactions_response__init(resp);
@@ -481,8 +484,8 @@ static const hm_stmt_t st_from_event = {
     "(source_event_id) DO NOTHING",
     16};
 static const hm_stmt_t st_consent = {
-    "gi_consent",
-    "SELECT gd_consent($1, $2::smallint, $3::smallint, $4, to_timestamp($5::float8))", 5};
+    "gi_consent", "SELECT gd_consent($1, $2::smallint, $3::smallint, $4, to_timestamp($5::float8))",
+    5};
 static const hm_stmt_t st_app_user = {
     "gi_app_user",
     "INSERT INTO guest_app_profiles (guest_id, app, app_user_id) SELECT g.guest_id, $2, $3 FROM "
@@ -565,18 +568,38 @@ static bool map_event(const char *type, const ProtobufCMessage *p, ev_ix_t *x)
                      IT(BOOKING_COMPLETED));
     else if (IS("feedback.review.submitted")) {
         const Hospitality__Events__V1__FeedbackReviewSubmitted *e = (const void *)p;
-        *x = (ev_ix_t){IT(REVIEW_SUBMITTED), e->guest_id, e->venue_id, e->item_id, "", e->booking_id,
-                       "", NULL, e->rating, 0, 0, x->meta};
+        *x = (ev_ix_t){IT(REVIEW_SUBMITTED),
+                       e->guest_id,
+                       e->venue_id,
+                       e->item_id,
+                       "",
+                       e->booking_id,
+                       "",
+                       NULL,
+                       e->rating,
+                       0,
+                       0,
+                       x->meta};
         json_object_set_new(x->meta, "review_id", json_string(e->review_id));
     } else if (IS("feedback.rating.submitted")) {
         const Hospitality__Events__V1__FeedbackRatingSubmitted *e = (const void *)p;
         double r = e->scale_max > 0 ? e->rating / e->scale_max * 5 : e->rating;
-        *x = (ev_ix_t){IT(RATING_SUBMITTED), e->guest_id, e->venue_id, e->item_id, "", e->booking_id,
-                       "", NULL, r < 1 ? 1 : r > 5 ? 5 : r, 0, 0, x->meta};
+        *x = (ev_ix_t){IT(RATING_SUBMITTED),
+                       e->guest_id,
+                       e->venue_id,
+                       e->item_id,
+                       "",
+                       e->booking_id,
+                       "",
+                       NULL,
+                       r < 1 ? 1 : r > 5 ? 5 : r,
+                       0,
+                       0,
+                       x->meta};
     } else if (IS("marketing.campaign.clicked")) {
         const Hospitality__Events__V1__MarketingCampaignClicked *e = (const void *)p;
-        *x = (ev_ix_t){IT(CAMPAIGN_CLICKED), e->guest_id, "", e->item_id, "", "", "", NULL, 0, 0, 0,
-                       x->meta};
+        *x = (ev_ix_t){
+            IT(CAMPAIGN_CLICKED), e->guest_id, "", e->item_id, "", "", "", NULL, 0, 0, 0, x->meta};
         json_object_set_new(x->meta, "campaign_id", json_string(e->campaign_id));
         json_object_set_new(x->meta, "variant_id", json_string(e->variant_id));
     } else if (IS("marketing.email.opened")) {
@@ -586,37 +609,77 @@ static bool map_event(const char *type, const ProtobufCMessage *p, ev_ix_t *x)
         json_object_set_new(x->meta, "template_id", json_string(e->template_id));
     } else if (IS("marketing.promotion.used")) {
         const Hospitality__Events__V1__MarketingPromotionUsed *e = (const void *)p;
-        *x = (ev_ix_t){IT(PROMOTION_USED), e->guest_id, "", "", "", e->booking_id, e->order_id,
-                       NULL, 0, 0, 0, x->meta};
+        *x = (ev_ix_t){IT(PROMOTION_USED), e->guest_id, "", "", "", e->booking_id,
+                       e->order_id,        NULL,        0,  0,  0,  x->meta};
         json_object_set_new(x->meta, "promotion_id", json_string(e->promotion_id));
     } else if (IS("order.created")) {
         const Hospitality__Events__V1__OrderCreated *e = (const void *)p;
-        *x = (ev_ix_t){IT(ORDER_CREATED), e->guest_id, e->venue_id, "", "", "", e->order_id,
-                       e->total, 0, e->app, 0, x->meta};
+        *x = (ev_ix_t){IT(ORDER_CREATED), e->guest_id, e->venue_id, "",     "", "",
+                       e->order_id,       e->total,    0,           e->app, 0,  x->meta};
         from_items(x, e->items, e->n_items);
     } else if (IS("order.items.selected")) {
         const Hospitality__Events__V1__OrderItemsSelected *e = (const void *)p;
-        *x = (ev_ix_t){IT(ORDER_ITEMS_SELECTED), e->guest_id, e->venue_id, "", "", "", e->order_id,
-                       NULL, 0, 0, 0, x->meta};
+        *x = (ev_ix_t){IT(ORDER_ITEMS_SELECTED),
+                       e->guest_id,
+                       e->venue_id,
+                       "",
+                       "",
+                       "",
+                       e->order_id,
+                       NULL,
+                       0,
+                       0,
+                       0,
+                       x->meta};
         from_items(x, e->items, e->n_items);
     } else if (IS("marketplace.purchase.completed")) {
         const Hospitality__Events__V1__MarketplacePurchaseCompleted *e = (const void *)p;
-        *x = (ev_ix_t){IT(MARKETPLACE_PURCHASE), e->guest_id, "", "", "", "", e->purchase_id,
-                       e->total, 0, HOSPITALITY__COMMON__V1__APP__APP_MARKETPLACE, 0, x->meta};
+        *x = (ev_ix_t){IT(MARKETPLACE_PURCHASE),
+                       e->guest_id,
+                       "",
+                       "",
+                       "",
+                       "",
+                       e->purchase_id,
+                       e->total,
+                       0,
+                       HOSPITALITY__COMMON__V1__APP__APP_MARKETPLACE,
+                       0,
+                       x->meta};
         from_items(x, e->items, e->n_items);
     } else if (IS("marketplace.listing.created")) {
         const Hospitality__Events__V1__MarketplaceListingCreated *e = (const void *)p;
-        *x = (ev_ix_t){IT(MARKETPLACE_LISTING_CREATED), e->guest_id, "", e->item_id, e->category,
-                       "", "", NULL, 0, HOSPITALITY__COMMON__V1__APP__APP_MARKETPLACE, 0, x->meta};
+        *x = (ev_ix_t){IT(MARKETPLACE_LISTING_CREATED),
+                       e->guest_id,
+                       "",
+                       e->item_id,
+                       e->category,
+                       "",
+                       "",
+                       NULL,
+                       0,
+                       HOSPITALITY__COMMON__V1__APP__APP_MARKETPLACE,
+                       0,
+                       x->meta};
     } else if (IS("notification.read")) {
         const Hospitality__Events__V1__NotificationRead *e = (const void *)p;
-        *x = (ev_ix_t){IT(NOTIFICATION_READ), e->guest_id, "", "", "", "", "", NULL, 0, 0, 0,
-                       x->meta};
+        *x = (ev_ix_t){
+            IT(NOTIFICATION_READ), e->guest_id, "", "", "", "", "", NULL, 0, 0, 0, x->meta};
         json_object_set_new(x->meta, "notification_id", json_string(e->notification_id));
     } else if (IS("recommendation.clicked")) {
         const Hospitality__Events__V1__RecommendationClicked *e = (const void *)p;
-        *x = (ev_ix_t){IT(RECOMMENDATION_CLICKED), e->guest_id, "", e->item_id, "", "", "", NULL,
-                       0, 0, 0, x->meta};
+        *x = (ev_ix_t){IT(RECOMMENDATION_CLICKED),
+                       e->guest_id,
+                       "",
+                       e->item_id,
+                       "",
+                       "",
+                       "",
+                       NULL,
+                       0,
+                       0,
+                       0,
+                       x->meta};
         json_object_set_new(x->meta, "recommendation_id", json_string(e->recommendation_id));
     } else
         return false;

@@ -22,9 +22,9 @@
 typedef Hospitality__Guest__V1__ExplicitPreferences prefs_t;
 
 static const char *const diets[] = {
-    "vegetarian",    "vegan",       "pescatarian",       "gluten_free", "dairy_free",
-    "lactose_free",  "halal",       "kosher",            "nut_allergy", "shellfish_allergy",
-    "egg_allergy",   "soy_allergy", "low_sodium",        "diabetic",
+    "vegetarian",   "vegan",       "pescatarian", "gluten_free", "dairy_free",
+    "lactose_free", "halal",       "kosher",      "nut_allergy", "shellfish_allergy",
+    "egg_allergy",  "soy_allergy", "low_sodium",  "diabetic",
 };
 
 static const char *const bool_keys[] = {
@@ -77,8 +77,8 @@ static bool check_list(hm_call_t *call, const char *field, char **v, size_t n, b
     return true;
 }
 
-static bool check_time(hm_call_t *call, const char *field, const Hospitality__Common__V1__TimeOfDay *t,
-                       hm_status_t *st)
+static bool check_time(hm_call_t *call, const char *field,
+                       const Hospitality__Common__V1__TimeOfDay *t, hm_status_t *st)
 {
     if (t && (t->hours < 0 || t->hours > 23 || t->minutes < 0 || t->minutes > 59)) {
         *st = hm_call_invalid(call, field, "hours must be 0..23 and minutes 0..59");
@@ -153,8 +153,7 @@ static json_t *to_flat(const prefs_t *p)
         for (int i = 0; i < 4; i++)
             if (b[i])
                 json_object_set_new(o, bool_keys[i], json_boolean(b[i]->value));
-        const Hospitality__Common__V1__TimeOfDay *t[2] = {n->quiet_hours_start,
-                                                          n->quiet_hours_end};
+        const Hospitality__Common__V1__TimeOfDay *t[2] = {n->quiet_hours_start, n->quiet_hours_end};
         for (int i = 0; i < 2; i++)
             if (t[i]) {
                 char buf[8];
@@ -258,9 +257,9 @@ static char *dump(hm_arena_t *a, json_t *o)
 /* Mask paths a client may name: the flat keys, their parents and "other.<key>". */
 static bool mask_path_ok(const char *p)
 {
-    static const char *const ok[] = {"dietary_restrictions", "favorite_categories",
-                                     "seating_preferences", "language", "notification_settings",
-                                     "other"};
+    static const char *const ok[] = {"dietary_restrictions",  "favorite_categories",
+                                     "seating_preferences",   "language",
+                                     "notification_settings", "other"};
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++)
         if (strcmp(p, ok[i]) == 0)
             return true;
@@ -281,8 +280,8 @@ static bool under(const char *key, const char *path)
 
 /* ---- PreferenceSet loading ---- */
 
-static const hm_stmt_t st_guest_exists = {
-    "gp_guest", "SELECT status FROM guests WHERE guest_id = $1", 1};
+static const hm_stmt_t st_guest_exists = {"gp_guest",
+                                          "SELECT status FROM guests WHERE guest_id = $1", 1};
 static const hm_stmt_t st_lock_guest = {
     "gp_lock", "SELECT status FROM guests WHERE guest_id = $1 FOR UPDATE", 1};
 static const hm_stmt_t st_at = {
@@ -345,17 +344,16 @@ static const char *epoch_param(hm_arena_t *a, const Google__Protobuf__Timestamp 
     return t ? gd_usp(a, hm_timestamp_to_us(t)) : NULL;
 }
 
-int guest_effective_prefs(const gd_env_t *e, const char *guest_id, const char *venue,
-                          prefs_t **eff, Hospitality__Guest__V1__PreferenceProvenance ***prov,
-                          size_t *nprov, int64_t *version)
+int guest_effective_prefs(const gd_env_t *e, const char *guest_id, const char *venue, prefs_t **eff,
+                          Hospitality__Guest__V1__PreferenceProvenance ***prov, size_t *nprov,
+                          int64_t *version)
 {
     return guest_effective_at(e, guest_id, venue, NULL, eff, prov, nprov, version);
 }
 
-int guest_effective_at(const gd_env_t *e, const char *guest_id, const char *venue,
-                       const char *at, prefs_t **eff,
-                       Hospitality__Guest__V1__PreferenceProvenance ***prov, size_t *nprov,
-                       int64_t *version)
+int guest_effective_at(const gd_env_t *e, const char *guest_id, const char *venue, const char *at,
+                       prefs_t **eff, Hospitality__Guest__V1__PreferenceProvenance ***prov,
+                       size_t *nprov, int64_t *version)
 {
     PGresult *r;
     int rc = gd_q(e, &st_effective, &r, guest_id, venue ? venue : "", at);
@@ -389,9 +387,8 @@ int guest_effective_at(const gd_env_t *e, const char *guest_id, const char *venu
     return 0;
 }
 
-static Hospitality__Guest__V1__PreferenceSet *pref_set(hm_arena_t *a, const char *guest,
-                                                       int64_t version, const char *json,
-                                                       int64_t at_us)
+static Hospitality__Guest__V1__PreferenceSet *
+pref_set(hm_arena_t *a, const char *guest, int64_t version, const char *json, int64_t at_us)
 {
     Hospitality__Guest__V1__PreferenceSet *s = hm_arena_alloc(a, sizeof *s);
     hospitality__guest__v1__preference_set__init(s);
@@ -422,12 +419,12 @@ GD_HANDLER(guest_get_preferences)
     PGresult *r;
     if ((rc = gd_q(&e, &st_at, &r, req->guest_id, at)) != 0)
         return hm_call_fail(call, rc, "load preferences");
-    Hospitality__Guest__V1__GetPreferencesResponse *resp = hm_arena_alloc(&call->arena, sizeof *resp);
+    Hospitality__Guest__V1__GetPreferencesResponse *resp =
+        hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__guest__v1__get_preferences_response__init(resp);
-    resp->preferences =
-        PQntuples(r) ? pref_set(&call->arena, req->guest_id, gd_i64(r, 0, 0), gd_str(r, 0, 1),
-                                gd_i64(r, 0, 2))
-                     : pref_set(&call->arena, req->guest_id, 0, "{}", 0);
+    resp->preferences = PQntuples(r) ? pref_set(&call->arena, req->guest_id, gd_i64(r, 0, 0),
+                                                gd_str(r, 0, 1), gd_i64(r, 0, 2))
+                                     : pref_set(&call->arena, req->guest_id, 0, "{}", 0);
     if ((rc = load_implicit(&e, req->guest_id, &resp->preferences->implicit_preferences,
                             &resp->preferences->n_implicit_preferences)) != 0 ||
         (rc = guest_effective_at(&e, req->guest_id, req->venue_id, at, &resp->effective,
@@ -495,8 +492,7 @@ static int up_fn(hm_db_t *db, void *arg)
         for (size_t i = 0; i < req->update_mask->n_paths; i++) {
             const char *path = req->update_mask->paths[i];
             json_object_foreach_safe(cur, tmp, k, v) if (under(k, path)) json_object_del(next, k);
-            json_object_foreach(incoming, k, v) if (under(k, path))
-                json_object_set(next, k, v);
+            json_object_foreach(incoming, k, v) if (under(k, path)) json_object_set(next, k, v);
         }
     }
     bool existed = PQntuples(r) == 1;
@@ -509,9 +505,8 @@ static int up_fn(hm_db_t *db, void *arg)
     size_t no = 0, nn = 0;
     char **ov = oc ? arena_strs(a, oc, &no) : NULL, **nv = nc ? arena_strs(a, nc, &nn) : NULL;
     json_decref(cur);
-    if ((rc = gd_q(&e, &st_put, &r, req->guest_id, dump(a, next),
-                   gd_i64p(a, req->expected_version), gd_i64p(a, gd_actor_type(call)),
-                   gd_actor_id(call))) != 0)
+    if ((rc = gd_q(&e, &st_put, &r, req->guest_id, dump(a, next), gd_i64p(a, req->expected_version),
+                   gd_i64p(a, gd_actor_type(call)), gd_actor_id(call))) != 0)
         return rc;
     t->version = gd_i64(r, 0, 0);
     if (existed && same)
@@ -524,8 +519,7 @@ static int up_fn(hm_db_t *db, void *arg)
     ev.version = t->version;
     gd_parse_text_array(a, PQntuples(r) ? gd_str(r, 0, 0) : "{}", &ev.changed_fields,
                         &ev.n_changed_fields);
-    if ((rc = hm_call_publish(call, db, "guest.preferences.updated", req->guest_id, &ev.base)) !=
-        0)
+    if ((rc = hm_call_publish(call, db, "guest.preferences.updated", req->guest_id, &ev.base)) != 0)
         return rc;
     for (size_t i = 0; i < nn; i++)
         if (!has(ov, no, nv[i])) {
@@ -534,8 +528,8 @@ static int up_fn(hm_db_t *db, void *arg)
             ca.guest_id = req->guest_id;
             ca.category = nv[i];
             ca.version = t->version;
-            if ((rc = hm_call_publish(call, db, "guest.preferences.category.added",
-                                      req->guest_id, &ca.base)) != 0)
+            if ((rc = hm_call_publish(call, db, "guest.preferences.category.added", req->guest_id,
+                                      &ca.base)) != 0)
                 return rc;
         }
     for (size_t i = 0; i < no; i++)
@@ -545,8 +539,8 @@ static int up_fn(hm_db_t *db, void *arg)
             cr.guest_id = req->guest_id;
             cr.category = ov[i];
             cr.version = t->version;
-            if ((rc = hm_call_publish(call, db, "guest.preferences.category.removed",
-                                      req->guest_id, &cr.base)) != 0)
+            if ((rc = hm_call_publish(call, db, "guest.preferences.category.removed", req->guest_id,
+                                      &cr.base)) != 0)
                 return rc;
         }
     return 0;
@@ -586,8 +580,8 @@ GD_HANDLER(guest_update_preferences)
     Hospitality__Guest__V1__UpdatePreferencesResponse *resp =
         hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__guest__v1__update_preferences_response__init(resp);
-    resp->preferences = pref_set(&call->arena, req->guest_id, gd_i64(r, 0, 0), gd_str(r, 0, 1),
-                                 gd_i64(r, 0, 2));
+    resp->preferences =
+        pref_set(&call->arena, req->guest_id, gd_i64(r, 0, 0), gd_str(r, 0, 1), gd_i64(r, 0, 2));
     if ((rc = load_implicit(&e, req->guest_id, &resp->preferences->implicit_preferences,
                             &resp->preferences->n_implicit_preferences)) != 0)
         return hm_call_fail(call, rc, "load preferences");

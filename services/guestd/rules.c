@@ -12,9 +12,26 @@
 #include "hm/id.h"
 
 static const char *const blocked[] = {
-    "null",    "nil",     "none",    "undefined", "anonymous", "unknown",       "n/a",
-    "na",      "-",       "[]",      "{}",        "test",      "test@test.com", "user@example.com",
-    "noemail", "no-email", "invalid", "(null)",    "nan",       "0",
+    "null",
+    "nil",
+    "none",
+    "undefined",
+    "anonymous",
+    "unknown",
+    "n/a",
+    "na",
+    "-",
+    "[]",
+    "{}",
+    "test",
+    "test@test.com",
+    "user@example.com",
+    "noemail",
+    "no-email",
+    "invalid",
+    "(null)",
+    "nan",
+    "0",
 };
 
 bool gd_id_blocked(const char *value)
@@ -145,8 +162,8 @@ int gd_merge_conflict(const gd_id_count_t *counts, size_t n)
 
 const char *gd_id_type_name(int type)
 {
-    static const char *const names[] = {"unspecified", "email",             "phone",
-                                        "device_id",   "anonymous_session", "app_user_id"};
+    static const char *const names[] = {"unspecified",       "email",      "phone", "device_id",
+                                        "anonymous_session", "app_user_id"};
     return type > 0 && type < GD_ID_NTYPES ? names[type] : "unspecified";
 }
 

@@ -209,8 +209,7 @@ GD_HANDLER(guest_export_subject)
         }
         add(&s, "app_profiles", CAT(PROFILE), arr);
         if ((rc = sql_section(&e, &s, &st_json_merges, g, "merges", CAT(PROFILE))) != 0 ||
-            (rc = sql_section(&e, &s, &st_json_reads, g, "personal_data_reads", CAT(PROFILE))) !=
-                0)
+            (rc = sql_section(&e, &s, &st_json_reads, g, "personal_data_reads", CAT(PROFILE))) != 0)
             return hm_call_fail(call, rc, "export");
     }
     if (wanted(&s, CAT(PREFERENCES)) &&
@@ -233,8 +232,8 @@ GD_HANDLER(guest_export_subject)
     return HM_STATUS_OK;
 }
 
-static const hm_stmt_t st_receipt = {
-    "gs_receipt", "SELECT receipt FROM guest_erasures WHERE request_id = $1", 1};
+static const hm_stmt_t st_receipt = {"gs_receipt",
+                                     "SELECT receipt FROM guest_erasures WHERE request_id = $1", 1};
 static const hm_stmt_t st_keep = {
     "gs_keep", "INSERT INTO guest_erasures (request_id, guest_id, receipt) VALUES ($1, $2, $3)", 3};
 /* One statement per table: the subject and every guest merged into it, recursively. */
@@ -246,65 +245,78 @@ static const struct purge {
     int cat;
     hm_stmt_t st;
 } purges[] = {
-    {"interactions", CAT(INTERACTIONS),
+    {"interactions",
+     CAT(INTERACTIONS),
      {"gs_del_ix", SUBJECTS "DELETE FROM interactions WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"identifiers", CAT(PROFILE),
+    {"identifiers",
+     CAT(PROFILE),
      {"gs_del_ids", SUBJECTS "DELETE FROM guest_identifiers WHERE guest_id IN (SELECT id FROM s)",
       1}},
-    {"preferences", CAT(PREFERENCES),
-     {"gs_del_prefs",
-      SUBJECTS "DELETE FROM guest_preferences WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"implicit_preferences", CAT(PREFERENCES),
+    {"preferences",
+     CAT(PREFERENCES),
+     {"gs_del_prefs", SUBJECTS "DELETE FROM guest_preferences WHERE guest_id IN (SELECT id FROM s)",
+      1}},
+    {"implicit_preferences",
+     CAT(PREFERENCES),
      {"gs_del_impl",
       SUBJECTS "DELETE FROM guest_implicit_preferences WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"profile_history", CAT(PROFILE),
+    {"profile_history",
+     CAT(PROFILE),
      {"gs_del_hist",
       SUBJECTS "DELETE FROM guest_profile_versions WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"app_profiles", CAT(PROFILE),
-     {"gs_del_apps",
-      SUBJECTS "DELETE FROM guest_app_profiles WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"behavior_signals", CAT(INTERACTIONS),
+    {"app_profiles",
+     CAT(PROFILE),
+     {"gs_del_apps", SUBJECTS "DELETE FROM guest_app_profiles WHERE guest_id IN (SELECT id FROM s)",
+      1}},
+    {"behavior_signals",
+     CAT(INTERACTIONS),
      {"gs_del_sig", SUBJECTS "DELETE FROM guest_signals WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"category_affinity", CAT(INTERACTIONS),
+    {"category_affinity",
+     CAT(INTERACTIONS),
      {"gs_del_aff",
       SUBJECTS "DELETE FROM guest_category_affinity WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"time_slots", CAT(INTERACTIONS),
+    {"time_slots",
+     CAT(INTERACTIONS),
      {"gs_del_slots", SUBJECTS "DELETE FROM guest_time_slots WHERE guest_id IN (SELECT id FROM s)",
       1}},
-    {"segments", CAT(INTERACTIONS),
-     {"gs_del_seg", SUBJECTS "DELETE FROM guest_segments WHERE guest_id IN (SELECT id FROM s)",
-      1}},
-    {"segment_state", CAT(INTERACTIONS),
+    {"segments",
+     CAT(INTERACTIONS),
+     {"gs_del_seg", SUBJECTS "DELETE FROM guest_segments WHERE guest_id IN (SELECT id FROM s)", 1}},
+    {"segment_state",
+     CAT(INTERACTIONS),
      {"gs_del_segst",
       SUBJECTS "DELETE FROM guest_segment_state WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"consent_projection", CAT(CONSENTS),
-     {"gs_del_consent",
-      SUBJECTS "DELETE FROM guest_consents WHERE guest_id IN (SELECT id FROM s)", 1}},
-    {"personal_data_reads", CAT(PROFILE),
+    {"consent_projection",
+     CAT(CONSENTS),
+     {"gs_del_consent", SUBJECTS "DELETE FROM guest_consents WHERE guest_id IN (SELECT id FROM s)",
+      1}},
+    {"personal_data_reads",
+     CAT(PROFILE),
      {"gs_del_reads", SUBJECTS "DELETE FROM pii_access_log WHERE guest_id IN (SELECT id FROM s)",
       1}},
-    {"merges", CAT(PROFILE),
+    {"merges",
+     CAT(PROFILE),
      {"gs_del_merges",
       SUBJECTS "DELETE FROM guest_merges WHERE surviving_guest_id IN (SELECT id FROM s) OR "
                "merged_guest_ids && ARRAY(SELECT id FROM s)",
       1}},
-    {"merged_profiles_unlinked", CAT(PROFILE),
+    {"merged_profiles_unlinked",
+     CAT(PROFILE),
      {"gs_unlink",
       SUBJECTS "UPDATE guests SET merged_into = NULL WHERE guest_id IN (SELECT id FROM s) AND "
                "merged_into IS NOT NULL",
       1}},
-    {"profile", CAT(PROFILE),
-     {"gs_del_guest", "DELETE FROM guests WHERE guest_id = $1", 1}},
+    {"profile", CAT(PROFILE), {"gs_del_guest", "DELETE FROM guests WHERE guest_id = $1", 1}},
 };
 #define NPURGE (sizeof purges / sizeof *purges)
 
 /* Merged profiles were unlinked above; they are found again by their merge records before
  * those go, so collect them first. */
 static const hm_stmt_t st_merged_ids = {
-    "gs_merged_ids",
-    SUBJECTS "SELECT coalesce(array_agg(id)::text, '{}') FROM s WHERE id <> $1", 1};
-static const hm_stmt_t st_del_merged = {
-    "gs_del_merged", "DELETE FROM guests WHERE guest_id = ANY($1::uuid[])", 1};
+    "gs_merged_ids", SUBJECTS "SELECT coalesce(array_agg(id)::text, '{}') FROM s WHERE id <> $1",
+    1};
+static const hm_stmt_t st_del_merged = {"gs_del_merged",
+                                        "DELETE FROM guests WHERE guest_id = ANY($1::uuid[])", 1};
 
 typedef struct er_tx {
     hm_call_t *call;

@@ -14,10 +14,12 @@
 
 int gd_q(const gd_env_t *e, const hm_stmt_t *stmt, PGresult **out, ...)
 {
-    const char *params[16] = {0};
+    const char *params[GD_MAX_PARAMS] = {0};
+    if (stmt->nparams > GD_MAX_PARAMS)
+        return HM_EINTERNAL;
     va_list ap;
     va_start(ap, out);
-    for (int i = 0; i < stmt->nparams && i < 16; i++)
+    for (int i = 0; i < stmt->nparams; i++)
         params[i] = va_arg(ap, const char *);
     va_end(ap);
     PGresult *r = NULL;
@@ -169,8 +171,8 @@ hm_status_t gd_fail(hm_call_t *call, int rc, const char *what)
 {
     const char *msg = hm_db_last_message(call->db);
     if ((rc == HM_ECONFLICT || rc == HM_EPRECOND) && msg && *msg)
-        return hm_call_error(call, rc == HM_ECONFLICT ? HM_CODE_ABORTED : HM_CODE_FAILED_PRECONDITION,
-                             rc == HM_ECONFLICT ? "VERSION_CONFLICT" : "FAILED_PRECONDITION",
-                             "%s: %s", what, msg);
+        return hm_call_error(
+            call, rc == HM_ECONFLICT ? HM_CODE_ABORTED : HM_CODE_FAILED_PRECONDITION,
+            rc == HM_ECONFLICT ? "VERSION_CONFLICT" : "FAILED_PRECONDITION", "%s: %s", what, msg);
     return hm_call_fail(call, rc, what);
 }
