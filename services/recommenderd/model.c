@@ -59,8 +59,7 @@ int rec_model_open(const char *path, rec_model_t *m, char *err, size_t errlen)
         why = "unsupported format version";
     else if (h->file_size != len)
         why = "truncated (size differs from header)";
-    else if (h->nitems < 0 || h->nitems > 50000000 || nf > 1024 || k > 4096 ||
-             h->nmetrics > 1024)
+    else if (h->nitems < 0 || h->nitems > 50000000 || nf > 1024 || k > 4096 || h->nmetrics > 1024)
         why = "implausible sizes";
     else if (!section_ok(h->off_ids, ni * REC_ID_LEN, len) ||
              !section_ok(h->off_pop, ni * 4, len) ||

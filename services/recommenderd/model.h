@@ -21,9 +21,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define REC_MAGIC "HMREC01"
-#define REC_FORMAT 1
-#define REC_ID_LEN 64
+#define REC_MAGIC       "HMREC01"
+#define REC_FORMAT      1
+#define REC_ID_LEN      64
 #define REC_HEADER_SIZE 512
 /* Blend weight slots, by hospitality.common.v1.RecommendationStrategy number. */
 #define REC_NW 8

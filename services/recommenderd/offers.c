@@ -19,8 +19,8 @@
 #include "hospitality/events/v1/recommender_events.pb-c.h"
 #include "recommend.h"
 
-#define APP(x) HOSPITALITY__COMMON__V1__APP__APP_##x
-#define S(x) HOSPITALITY__COMMON__V1__RECOMMENDATION_STRATEGY__RECOMMENDATION_STRATEGY_##x
+#define APP(x)     HOSPITALITY__COMMON__V1__APP__APP_##x
+#define S(x)       HOSPITALITY__COMMON__V1__RECOMMENDATION_STRATEGY__RECOMMENDATION_STRATEGY_##x
 #define TS_US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
 
 typedef struct rule {
@@ -37,7 +37,8 @@ static const rule_t rules[] = {
 
 static const hm_stmt_t st_xs_cands = {
     "rc_xs_cands",
-    "SELECT i.item_id, coalesce(r.weight, 0) * 3 + coalesce(af.s, 0) + 0.5 * coalesce(exp(p.ln_score - "
+    "SELECT i.item_id, coalesce(r.weight, 0) * 3 + coalesce(af.s, 0) + 0.5 * "
+    "coalesce(exp(p.ln_score - "
     "max(p.ln_score) OVER ()), 0), i.category, i.name, coalesce(r.weight, 0) > 0, coalesce(af.s, "
     "0) > 0 FROM rc_items i LEFT JOIN rc_item_relations r ON r.item_id = $2 AND r.related_id = "
     "i.item_id AND r.type = 1 LEFT JOIN rc_popularity p ON p.item_id = i.item_id LEFT JOIN "
@@ -113,7 +114,8 @@ REC_HANDLER(rec_recommend_cross_sell)
     ev.item_ids = hm_arena_alloc(a, ((size_t)limit * 4 + 1) * sizeof(char *));
     for (size_t ri = 0; ri < sizeof rules / sizeof rules[0]; ri++) {
         const rule_t *ru = &rules[ri];
-        if (ru->source != (int)req->source_app || (req->target_app && ru->target != (int)req->target_app))
+        if (ru->source != (int)req->source_app ||
+            (req->target_app && ru->target != (int)req->target_app))
             continue;
         const char *p[4] = {rec_p64(a, ru->target), req->context_item_id,
                             personal ? req->guest_id : NULL, rec_p64(a, limit * 4)};
@@ -181,11 +183,12 @@ REC_HANDLER(rec_recommend_cross_sell)
     ev.source_app = req->source_app;
     ev.target_app = req->target_app;
     ev.rule_id = (char *)rule_used;
-    int rc = save_list(call, resp->recommendation_id, req->guest_id,
-                       HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_KIND__RECOMMENDATION_KIND_CROSS_SELL,
-                       S(CROSS_SELL), "", personal, req->source_app, items, resp->n_suggestions,
-                       rec_text_array(a, pairs, resp->n_suggestions),
-                       "recommendation.cross_sell.suggested", &ev.base);
+    int rc =
+        save_list(call, resp->recommendation_id, req->guest_id,
+                  HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_KIND__RECOMMENDATION_KIND_CROSS_SELL,
+                  S(CROSS_SELL), "", personal, req->source_app, items, resp->n_suggestions,
+                  rec_text_array(a, pairs, resp->n_suggestions),
+                  "recommendation.cross_sell.suggested", &ev.base);
     if (rc != 0)
         return hm_call_fail(call, rc, "record cross-sell");
     *out = &resp->base;
@@ -208,8 +211,8 @@ static const hm_stmt_t st_offer_put = {
     "version = o.version + 1, updated_at = now()",
     10};
 #define OFFER_SELECT                                                                               \
-    "SELECT o.offer_id::text, o.item_ids, o.categories, o.offer, o.version, " TS_US(              \
-        "o.created_at") ", " TS_US("o.updated_at") ", count(f.*) FILTER (WHERE f.type = 1), "     \
+    "SELECT o.offer_id::text, o.item_ids, o.categories, o.offer, o.version, " TS_US(               \
+        "o.created_at") ", " TS_US("o.updated_at") ", count(f.*) FILTER (WHERE f.type = 1), "      \
                                                    "count(f.*) FILTER (WHERE f.type = 2), "        \
                                                    "count(f.*) FILTER (WHERE f.type = 4) FROM "    \
                                                    "rc_offers o LEFT JOIN rc_feedback f ON "       \
@@ -299,8 +302,9 @@ REC_HANDLER(rec_upsert_offer)
         return hm_call_invalid(call, "offer.title", "title required (<= 200 bytes)");
     if (strlen(o->description) > 2000 || !hm_utf8_valid(o->description))
         return hm_call_invalid(call, "offer.description", "at most 2000 bytes of UTF-8");
-    if ((int)o->source_app <= 0 || (int)o->source_app > APP(GAMIFICATION) || (int)o->target_app <= 0 ||
-        (int)o->target_app > APP(GAMIFICATION) || o->source_app == o->target_app)
+    if ((int)o->source_app <= 0 || (int)o->source_app > APP(GAMIFICATION) ||
+        (int)o->target_app <= 0 || (int)o->target_app > APP(GAMIFICATION) ||
+        o->source_app == o->target_app)
         return hm_call_invalid(call, "offer.target_app", "two different apps are required");
     const Hospitality__Recommender__V1__Discount *d = o->discount;
     if (!d || d->kind_case == HOSPITALITY__RECOMMENDER__V1__DISCOUNT__KIND__NOT_SET ||
@@ -429,7 +433,8 @@ REC_HANDLER(rec_list_history)
     const Hospitality__Common__V1__TimeRange *tr = req->time_range;
     const char *p[6] = {req->guest_id,
                         rec_p64(a, req->kind),
-                        tr && tr->start_time ? rec_p64(a, hm_timestamp_to_us(tr->start_time)) : NULL,
+                        tr && tr->start_time ? rec_p64(a, hm_timestamp_to_us(tr->start_time))
+                                             : NULL,
                         tr && tr->end_time ? rec_p64(a, hm_timestamp_to_us(tr->end_time)) : NULL,
                         rec_p64(a, size + 1),
                         rec_p64(a, offset)};
@@ -516,9 +521,7 @@ static Hospitality__Recommender__V1__GraphNode *node(hm_arena_t *a, const char *
 
 static int node_type(const char *id)
 {
-    return strncmp(id, "interest:", 9) == 0   ? 4
-           : strncmp(id, "category:", 9) == 0 ? 3
-                                               : 2;
+    return strncmp(id, "interest:", 9) == 0 ? 4 : strncmp(id, "category:", 9) == 0 ? 3 : 2;
 }
 
 REC_HANDLER(rec_get_user_graph)
@@ -680,7 +683,8 @@ static int fb_fn(hm_db_t *db, void *arg)
     if ((rc = hm_call_publish(t->call, db, "recommender.feedback.recorded", fb->guest_id,
                               &ev.base)) != 0)
         return rc;
-    if (fb->type == HOSPITALITY__COMMON__V1__RECOMMENDATION_FEEDBACK_TYPE__RECOMMENDATION_FEEDBACK_TYPE_CLICK) {
+    if (fb->type ==
+        HOSPITALITY__COMMON__V1__RECOMMENDATION_FEEDBACK_TYPE__RECOMMENDATION_FEEDBACK_TYPE_CLICK) {
         Hospitality__Events__V1__RecommendationClicked ck =
             HOSPITALITY__EVENTS__V1__RECOMMENDATION_CLICKED__INIT;
         ck.recommendation_id = fb->recommendation_id;
@@ -713,8 +717,8 @@ REC_HANDLER(rec_submit_feedback)
         return hm_call_invalid(call, "feedback.position", "position must not be negative");
     if (fb->offer_id[0] && !hm_uuid_valid(fb->offer_id))
         return hm_call_invalid(call, "feedback.offer_id", "offer_id must be a UUID or empty");
-    if (fb->conversion_value && (fb->conversion_value->amount_minor < 0 ||
-                                 strlen(fb->conversion_value->currency) != 3))
+    if (fb->conversion_value &&
+        (fb->conversion_value->amount_minor < 0 || strlen(fb->conversion_value->currency) != 3))
         return hm_call_invalid(call, "feedback.conversion_value", "amount >= 0 and a currency");
     /* a guest caller may only give feedback as itself (the method policy's self_field covers
      * top-level request fields only) */
@@ -767,7 +771,8 @@ REC_HANDLER(rec_submit_feedback)
     if (rc != 0)
         return hm_call_fail(call, rc, "record feedback");
     if (!t.dup &&
-        fb->type == HOSPITALITY__COMMON__V1__RECOMMENDATION_FEEDBACK_TYPE__RECOMMENDATION_FEEDBACK_TYPE_DISMISS)
+        fb->type ==
+            HOSPITALITY__COMMON__V1__RECOMMENDATION_FEEDBACK_TYPE__RECOMMENDATION_FEEDBACK_TYPE_DISMISS)
         rec_forget_cache(call->cache, a, fb->guest_id); /* cached lists still hold the item */
     Hospitality__Recommender__V1__SubmitFeedbackResponse *resp = hm_arena_alloc(a, sizeof *resp);
     hospitality__recommender__v1__submit_feedback_response__init(resp);

@@ -20,9 +20,9 @@
 #include "hospitality/guest/v1/guest.pb-c.h"
 #include "recommend.h"
 
-#define S(x) HOSPITALITY__COMMON__V1__RECOMMENDATION_STRATEGY__RECOMMENDATION_STRATEGY_##x
+#define S(x)  HOSPITALITY__COMMON__V1__RECOMMENDATION_STRATEGY__RECOMMENDATION_STRATEGY_##x
 #define NP(x) HOSPITALITY__RECOMMENDER__V1__NON_PERSONALIZED_REASON__NON_PERSONALIZED_REASON_##x
-#define POOL 300
+#define POOL  300
 
 /* ---- the candidate table ---- */
 
@@ -145,8 +145,7 @@ int strat_popularity(hm_call_t *call, cands_t *c, const char *cats, int app, int
 }
 
 /* Item-item from the model: each candidate remembers the history item that contributed most. */
-static void strat_item_model(hm_call_t *call, const rec_model_t *m, const history_t *h,
-                             cands_t *c)
+static void strat_item_model(hm_call_t *call, const rec_model_t *m, const history_t *h, cands_t *c)
 {
     size_t ni = (size_t)m->h->nitems, k = m->h->kneigh;
     if (k == 0 || h->n == 0)
@@ -556,9 +555,9 @@ static void load_preferences(hm_call_t *call, const char *guest, const char *ven
     ProtobufCMessage *resp = NULL;
     hm_peer_opts_t opts = {.timeout_ms = 300, .max_attempts = 1};
     hm_status_t st = hm_peer_call(
-        call, &call->arena, "guestd", "/hospitality.guest.v1.GuestService/GetPersonalizationContext",
-        &req.base, &hospitality__guest__v1__get_personalization_context_response__descriptor, &opts,
-        &resp);
+        call, &call->arena, "guestd",
+        "/hospitality.guest.v1.GuestService/GetPersonalizationContext", &req.base,
+        &hospitality__guest__v1__get_personalization_context_response__descriptor, &opts, &resp);
     if (st.code != HM_CODE_OK || !resp)
         return; /* no explicit preferences known: no dietary filter, no boost */
     const Hospitality__Guest__V1__GetPersonalizationContextResponse *r = (const void *)resp;
@@ -610,14 +609,10 @@ static int save_fn(hm_db_t *db, void *arg)
     size_t n = protobuf_c_message_get_packed_size(&rec.base);
     uint8_t *buf = hm_arena_alloc(a, n + 1);
     protobuf_c_message_pack(&rec.base, buf);
-    const char *p[9] = {t->rec_id,
-                        t->guest && t->guest[0] ? t->guest : NULL,
-                        rec_p64(a, t->kind),
-                        rec_p64(a, t->strategy),
-                        t->model_version,
-                        hm_db_param_bool(t->personalized),
-                        rec_p64(a, t->app),
-                        t->rules ? t->rules : "{}",
+    const char *p[9] = {t->rec_id,           t->guest && t->guest[0] ? t->guest : NULL,
+                        rec_p64(a, t->kind), rec_p64(a, t->strategy),
+                        t->model_version,    hm_db_param_bool(t->personalized),
+                        rec_p64(a, t->app),  t->rules ? t->rules : "{}",
                         (const char *)buf};
     int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)n}, fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
     int rc = hm_db_exec(db, &st_save, p, lens, fmts, NULL);
@@ -647,8 +642,8 @@ int save_list(hm_call_t *call, const char *rec_id, const char *guest, int kind, 
               Hospitality__Recommender__V1__RecommendedItem **items, size_t n, const char *rules,
               const char *extra_type, const ProtobufCMessage *extra)
 {
-    save_tx_t t = {call,     rec_id, guest,        rules,         kind,  strategy, app,
-                   personalized, model_version, items, n, extra, extra_type};
+    save_tx_t t = {call,         rec_id,        guest, rules, kind,  strategy,  app,
+                   personalized, model_version, items, n,     extra, extra_type};
     return hm_db_tx(call->db, save_fn, &t, HM_DB_READ_COMMITTED);
 }
 
@@ -693,9 +688,11 @@ REC_HANDLER(rec_recommend)
     for (size_t i = 0; i < req->n_exclude_item_ids; i++)
         if (!rec_valid_item_id(req->exclude_item_ids[i]))
             return hm_call_invalid(call, "exclude_item_ids", "bad item id at %zu", i);
-    if (req->min_price && (req->min_price->amount_minor < 0 || strlen(req->min_price->currency) != 3))
+    if (req->min_price &&
+        (req->min_price->amount_minor < 0 || strlen(req->min_price->currency) != 3))
         return hm_call_invalid(call, "min_price", "an amount >= 0 and a 3-letter currency");
-    if (req->max_price && (req->max_price->amount_minor < 0 || strlen(req->max_price->currency) != 3))
+    if (req->max_price &&
+        (req->max_price->amount_minor < 0 || strlen(req->max_price->currency) != 3))
         return hm_call_invalid(call, "max_price", "an amount >= 0 and a 3-letter currency");
     if (req->min_price && req->max_price &&
         (strcmp(req->min_price->currency, req->max_price->currency) != 0 ||
@@ -731,10 +728,11 @@ REC_HANDLER(rec_recommend)
                         hm_arena_pb(a), len, (uint8_t *)val);
                 if (hit) {
                     hit->recommendation_id = new_id(a);
-                    int rc = save_list(call, hit->recommendation_id, req->guest_id,
-                                       HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_KIND__RECOMMENDATION_KIND_PERSONAL,
-                                       hit->strategy, hit->model_version, hit->personalized,
-                                       req->app, hit->items, hit->n_items, NULL, NULL, NULL);
+                    int rc = save_list(
+                        call, hit->recommendation_id, req->guest_id,
+                        HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_KIND__RECOMMENDATION_KIND_PERSONAL,
+                        hit->strategy, hit->model_version, hit->personalized, req->app, hit->items,
+                        hit->n_items, NULL, NULL, NULL);
                     if (rc != 0)
                         return hm_call_fail(call, rc, "record recommendation");
                     *out = &hit->base;
@@ -910,10 +908,13 @@ REC_HANDLER(rec_recommend_similar)
     if (req->n_categories > 50 || !strs_valid(req->categories, req->n_categories))
         return hm_call_invalid(call, "categories", "at most 50 categories of 1..64 bytes");
     int limit = req->limit ? req->limit : 10;
-    bool comp = (int)req->relation == HOSPITALITY__RECOMMENDER__V1__ITEM_RELATION_TYPE__ITEM_RELATION_TYPE_COMPLEMENTS;
+    bool comp = (int)req->relation ==
+                HOSPITALITY__RECOMMENDER__V1__ITEM_RELATION_TYPE__ITEM_RELATION_TYPE_COMPLEMENTS;
     const char *p[1] = {req->item_id};
     PGresult *r;
-    int rc = hm_db_exec_arena(call->db, a, &st_meta, (const char *[]){rec_text_array(a, (char *[]){(char *)req->item_id}, 1)}, NULL, NULL, &r);
+    int rc = hm_db_exec_arena(
+        call->db, a, &st_meta,
+        (const char *[]){rec_text_array(a, (char *[]){(char *)req->item_id}, 1)}, NULL, NULL, &r);
     if (rc != 0)
         return hm_call_fail(call, rc, "load item");
     if (PQntuples(r) == 0)
@@ -984,10 +985,11 @@ REC_HANDLER(rec_recommend_similar)
     }
     resp->model_version = (char *)version;
     resp->recommendation_id = new_id(a);
-    rc = save_list(call, resp->recommendation_id, req->guest_id,
-                   HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_KIND__RECOMMENDATION_KIND_SIMILAR_ITEMS,
-                   comp ? S(GRAPH) : S(ITEM_ITEM), version, f.history != NULL, 0, resp->items,
-                   resp->n_items, NULL, NULL, NULL);
+    rc = save_list(
+        call, resp->recommendation_id, req->guest_id,
+        HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_KIND__RECOMMENDATION_KIND_SIMILAR_ITEMS,
+        comp ? S(GRAPH) : S(ITEM_ITEM), version, f.history != NULL, 0, resp->items, resp->n_items,
+        NULL, NULL, NULL);
     if (rc != 0)
         return hm_call_fail(call, rc, "record recommendation");
     *out = &resp->base;

@@ -155,8 +155,7 @@ Hospitality__Recommender__V1__ModelInfo *rec_model_info(hm_call_t *call, rec_loa
             ss->stats->clicks = rec_i64(r, i, 3);
             ss->stats->conversions = rec_i64(r, i, 4);
             if (ss->stats->impressions > 0) {
-                ss->click_through_rate =
-                    (double)ss->stats->clicks / (double)ss->stats->impressions;
+                ss->click_through_rate = (double)ss->stats->clicks / (double)ss->stats->impressions;
                 ss->stats->conversion_rate =
                     (double)ss->stats->conversions / (double)ss->stats->impressions;
             }
@@ -222,10 +221,9 @@ int rec_consent(hm_call_t *call, const char *guest)
     req.purposes = (void *)&purpose;
     ProtobufCMessage *resp = NULL;
     hm_peer_opts_t opts = {.timeout_ms = 300, .max_attempts = 1};
-    hm_status_t st = hm_peer_call(call, &call->arena, "privacyd",
-                                  "/hospitality.privacy.v1.PrivacyService/GetConsent", &req.base,
-                                  &hospitality__privacy__v1__get_consent_response__descriptor,
-                                  &opts, &resp);
+    hm_status_t st = hm_peer_call(
+        call, &call->arena, "privacyd", "/hospitality.privacy.v1.PrivacyService/GetConsent",
+        &req.base, &hospitality__privacy__v1__get_consent_response__descriptor, &opts, &resp);
     int v = -1;
     if (st.code == HM_CODE_OK && resp) {
         const Hospitality__Privacy__V1__GetConsentResponse *r = (const void *)resp;
@@ -238,7 +236,11 @@ int rec_consent(hm_call_t *call, const char *guest)
     }
     /* an unknown answer is cached briefly too, so that a privacyd outage does not cost every
      * call a timeout; it is never treated as consent */
-    hm_cache_set(call->cache, key, v == 1 ? "g" : v == 0 ? "d" : "u", 1,
+    hm_cache_set(call->cache, key,
+                 v == 1   ? "g"
+                 : v == 0 ? "d"
+                          : "u",
+                 1,
                  v < 0 ? (rec_cfg.consent_ttl_ms < 5000 ? rec_cfg.consent_ttl_ms : 5000)
                        : rec_cfg.consent_ttl_ms);
     return v;

@@ -18,7 +18,7 @@
 #include "hospitality/privacy/v1/privacy.pb-c.h"
 #include "rec.h"
 
-#define CAT(x) HOSPITALITY__PRIVACY__V1__DATA_CATEGORY__DATA_CATEGORY_##x
+#define CAT(x)   HOSPITALITY__PRIVACY__V1__DATA_CATEGORY__DATA_CATEGORY_##x
 #define ISO(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
 typedef struct section {
@@ -29,45 +29,80 @@ typedef struct section {
 
 /* Each query returns one JSON object per row (flat), built by Postgres. */
 static const section_t sections[] = {
-    {"tracked_events", CAT(INTERACTIONS),
+    {"tracked_events",
+     CAT(INTERACTIONS),
      {"rc_x_events",
       "SELECT json_build_object('event_id', event_id, 'type', type, 'item_id', item_id, "
       "'occurred_at', " ISO("occurred_at") ", 'received_at', " ISO(
           "received_at") ", 'rating', rating, 'weight', weight, 'source', source)::text FROM "
                          "rc_events WHERE guest_id = $1::uuid ORDER BY occurred_at, event_id",
       1}},
-    {"interests", CAT(INTERACTIONS),
+    {"interests",
+     CAT(INTERACTIONS),
      {"rc_x_interests",
       "SELECT json_build_object('category', category, 'value', value, 'confidence', confidence, "
       "'source', source, 'updated_at', " ISO("updated_at") ")::text FROM rc_interests WHERE "
                                                            "guest_id = $1::uuid ORDER BY 1",
       1}},
-    {"features", CAT(RECOMMENDATIONS),
+    {"features",
+     CAT(RECOMMENDATIONS),
      {"rc_x_features",
       "SELECT json_build_object('version', version, 'computed_at', " ISO(
           "computed_at") ", 'event_counts', counts::text, 'last_event_at', " ISO("last_event") ", "
-                                                                                "'rating_sum', "
-                                                                                "rating_sum, "
-                                                                                "'rating_count', "
-                                                                                "rating_count)::"
-                                                                                "text FROM "
-                                                                                "rc_features "
-                                                                                "WHERE guest_id "
-                                                                                "= $1::uuid",
+                                                                                               "'ra"
+                                                                                               "tin"
+                                                                                               "g_"
+                                                                                               "sum"
+                                                                                               "', "
+                                                                                               "rat"
+                                                                                               "ing"
+                                                                                               "_su"
+                                                                                               "m, "
+                                                                                               "'ra"
+                                                                                               "tin"
+                                                                                               "g_"
+                                                                                               "cou"
+                                                                                               "nt'"
+                                                                                               ", "
+                                                                                               "rat"
+                                                                                               "ing"
+                                                                                               "_co"
+                                                                                               "unt"
+                                                                                               ")::"
+                                                                                               "tex"
+                                                                                               "t "
+                                                                                               "FRO"
+                                                                                               "M "
+                                                                                               "rc_"
+                                                                                               "fea"
+                                                                                               "tur"
+                                                                                               "es "
+                                                                                               "WHE"
+                                                                                               "RE "
+                                                                                               "gue"
+                                                                                               "st_"
+                                                                                               "id "
+                                                                                               "= "
+                                                                                               "$1:"
+                                                                                               ":uu"
+                                                                                               "id",
       1}},
-    {"affinities", CAT(RECOMMENDATIONS),
+    {"affinities",
+     CAT(RECOMMENDATIONS),
      {"rc_x_affinity",
       "SELECT json_build_object('key', key, 'score', score, 'updated_at', " ISO(
           "updated_at") ")::text FROM rc_affinity WHERE guest_id = $1::uuid ORDER BY key",
       1}},
-    {"recommendation_history", CAT(RECOMMENDATIONS),
+    {"recommendation_history",
+     CAT(RECOMMENDATIONS),
      {"rc_x_history",
       "SELECT json_build_object('recommendation_id', recommendation_id, 'kind', kind, "
       "'strategy', strategy, 'model_version', model_version, 'personalized', personalized, "
       "'app', app, 'served_at', " ISO("served_at") ")::text FROM rc_recommendations WHERE "
                                                    "guest_id = $1::uuid ORDER BY served_at",
       1}},
-    {"feedback", CAT(RECOMMENDATIONS),
+    {"feedback",
+     CAT(RECOMMENDATIONS),
      {"rc_x_feedback",
       "SELECT json_build_object('feedback_id', feedback_id, 'recommendation_id', "
       "recommendation_id, 'item_id', item_id, 'type', type, 'position', position, 'offer_id', "
@@ -145,8 +180,8 @@ static const hm_stmt_t st_lists_anon[] = {
 };
 static const char *const list_names[] = {"recommendation_history", "feedback"};
 static const hm_stmt_t st_erased = {
-    "rc_e_mark",
-    "INSERT INTO rc_erased_guests (guest_id) VALUES ($1::uuid) ON CONFLICT DO NOTHING", 1};
+    "rc_e_mark", "INSERT INTO rc_erased_guests (guest_id) VALUES ($1::uuid) ON CONFLICT DO NOTHING",
+    1};
 static const hm_stmt_t st_keep_receipt = {
     "rc_keep_receipt",
     "INSERT INTO rc_erasures (request_id, guest_id, receipt) VALUES ($1, $2::uuid, $3)", 3};
@@ -197,8 +232,7 @@ static int erase_fn(hm_db_t *db, void *arg)
         rc_->deleted[rc_->n_deleted++] =
             count(a, del_names[i], i < 2 ? CAT(INTERACTIONS) : CAT(RECOMMENDATIONS), PQntuples(r));
     }
-    bool anon =
-        t->req->mode == HOSPITALITY__PRIVACY__V1__ERASURE_MODE__ERASURE_MODE_ANONYMIZE;
+    bool anon = t->req->mode == HOSPITALITY__PRIVACY__V1__ERASURE_MODE__ERASURE_MODE_ANONYMIZE;
     for (size_t i = 0; i < 2; i++) {
         if ((rc = hm_db_exec_arena(db, a, anon ? &st_lists_anon[i] : &st_lists_del[i], p, NULL,
                                    NULL, &r)) != 0)

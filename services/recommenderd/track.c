@@ -21,7 +21,7 @@
 #include "hospitality/events/v1/recommender_events.pb-c.h"
 #include "rec.h"
 
-#define T(x) HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT_TYPE__TRACKED_EVENT_TYPE_##x
+#define T(x)       HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT_TYPE__TRACKED_EVENT_TYPE_##x
 #define TS_US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
 /* Popularity's reference epoch (2026-01-01T00:00:00Z), seconds. */
 #define REC_T0 1767225600.0
@@ -205,8 +205,8 @@ const char *rec_validate_event(const Hospitality__Recommender__V1__TrackedEvent 
     }
     *field = "occurred_at";
     if (e->occurred_at &&
-        (e->occurred_at->seconds < 946684800 || hm_timestamp_to_us(e->occurred_at) >
-                                                     (hm_now_ms() + 5 * 60 * 1000) * 1000))
+        (e->occurred_at->seconds < 946684800 ||
+         hm_timestamp_to_us(e->occurred_at) > (hm_now_ms() + 5 * 60 * 1000) * 1000))
         return "occurred_at must be after 2000 and not in the future";
     *field = "session_id";
     if (e->session_id && (strlen(e->session_id) > 128 || !hm_utf8_valid(e->session_id)))
@@ -298,15 +298,10 @@ int rec_store_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Recommender__
         e->details_case == HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__DETAILS_RATING
             ? rec_pf(a, e->rating->rating)
             : NULL;
-    const char *p[9] = {e->event_id,
-                        e->guest_id,
-                        rec_p64(a, e->type),
-                        e->item_id ? e->item_id : "",
-                        rec_p64(a, at),
-                        rating,
-                        rec_pf(a, w),
-                        source,
-                        (const char *)buf};
+    const char *p[9] = {
+        e->event_id,      e->guest_id, rec_p64(a, e->type), e->item_id ? e->item_id : "",
+        rec_p64(a, at),   rating,      rec_pf(a, w),        source,
+        (const char *)buf};
     int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)n}, fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
     PGresult *r;
     int rc = hm_db_exec_arena(db, a, &st_event_ins, p, lens, fmts, &r);
@@ -408,8 +403,8 @@ from_context(hm_call_t *call, const char *guest, int type, const char *item,
         e->app = ctx->app;
         e->venue_id = ctx->venue_id;
         e->n_attributes = ctx->n_attributes;
-        e->attributes = (Hospitality__Recommender__V1__TrackedEvent__AttributesEntry **)
-                            ctx->attributes;
+        e->attributes =
+            (Hospitality__Recommender__V1__TrackedEvent__AttributesEntry **)ctx->attributes;
     }
     return e;
 }
@@ -601,13 +596,13 @@ static int ingest_fn(hm_db_t *db, void *arg)
         td.transaction_id = p->purchase_id;
         td.quantity = 1;
         td.amount = p->amount;
-        e.event_id = derived_uuid(a, hm_arena_printf(a, "purchase:%s:%s", req->guest_id,
-                                                     p->purchase_id));
+        e.event_id =
+            derived_uuid(a, hm_arena_printf(a, "purchase:%s:%s", req->guest_id, p->purchase_id));
         e.guest_id = req->guest_id;
         e.type = T(PURCHASE);
         e.item_id = p->item_id;
-        e.occurred_at = p->purchased_at ? p->purchased_at
-                                        : hm_timestamp_from_us(a, hm_now_ms() * 1000);
+        e.occurred_at =
+            p->purchased_at ? p->purchased_at : hm_timestamp_from_us(a, hm_now_ms() * 1000);
         e.received_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
         e.details_case = HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__DETAILS_TRANSACTION;
         e.transaction = &td;
@@ -625,10 +620,9 @@ static int ingest_fn(hm_db_t *db, void *arg)
                              rec_pf(a, u->confidence_score), rec_p64(a, u->source)};
         if ((rc = hm_db_exec_arena(db, a, &st_interest, ip, NULL, NULL, NULL)) != 0)
             return rc;
-        const char *ap[4] = {
-            req->guest_id,
-            hm_arena_printf(a, "%s:%s", u->interest_category, u->interest_value),
-            rec_pf(a, u->confidence_score), u->interest_value};
+        const char *ap[4] = {req->guest_id,
+                             hm_arena_printf(a, "%s:%s", u->interest_category, u->interest_value),
+                             rec_pf(a, u->confidence_score), u->interest_value};
         if ((rc = hm_db_exec_arena(db, a, &st_interest_aff, ap, NULL, NULL, NULL)) != 0)
             return rc;
         t->resp->interests_ingested++;
@@ -683,8 +677,8 @@ REC_HANDLER(rec_ingest_user_data)
 /* ---- catalogue ---- */
 
 #define ITEM_COLS                                                                                  \
-    "item_id, name, kind, category, subcategories, description, price_minor, currency, "          \
-    "image_url, image_file, tags, dietary_labels, attributes::text, app, venue_id, venue_type, "  \
+    "item_id, name, kind, category, subcategories, description, price_minor, currency, "           \
+    "image_url, image_file, tags, dietary_labels, attributes::text, app, venue_id, venue_type, "   \
     "hidden, " TS_US("created_at") ", " TS_US("updated_at")
 
 static const hm_stmt_t st_item_up = {
@@ -711,8 +705,8 @@ static const hm_stmt_t st_rel_add = {
     4};
 
 /* A JSON object of string attributes (escaped), in the arena. */
-static const char *attrs_json(hm_arena_t *a, Hospitality__Recommender__V1__Item__AttributesEntry **e,
-                              size_t n)
+static const char *attrs_json(hm_arena_t *a,
+                              Hospitality__Recommender__V1__Item__AttributesEntry **e, size_t n)
 {
     size_t len = 3;
     for (size_t i = 0; i < n; i++)
@@ -825,13 +819,17 @@ REC_HANDLER(rec_upsert_items)
             !hm_utf8_valid(it->venue_id))
             return hm_call_invalid(call, "items.description", "item %zu: bad text field", i);
         if (it->price && (it->price->amount_minor < 0 || strlen(it->price->currency) != 3))
-            return hm_call_invalid(call, "items.price", "item %zu: price needs an amount >= 0 "
-                                   "and a 3-letter currency", i);
+            return hm_call_invalid(call, "items.price",
+                                   "item %zu: price needs an amount >= 0 "
+                                   "and a 3-letter currency",
+                                   i);
         if (!strs_ok(it->tags, it->n_tags, 64, 64) ||
             !strs_ok(it->subcategories, it->n_subcategories, 32, 64) ||
             !strs_ok(it->dietary_labels, it->n_dietary_labels, 32, 64))
-            return hm_call_invalid(call, "items.tags", "item %zu: tags, subcategories and "
-                                   "dietary labels: at most 64 non-empty strings", i);
+            return hm_call_invalid(call, "items.tags",
+                                   "item %zu: tags, subcategories and "
+                                   "dietary labels: at most 64 non-empty strings",
+                                   i);
         if (it->n_attributes > 64)
             return hm_call_invalid(call, "items.attributes", "item %zu: at most 64", i);
         for (size_t k = 0; k < it->n_attributes; k++)
@@ -844,8 +842,10 @@ REC_HANDLER(rec_upsert_items)
             const Hospitality__Recommender__V1__ItemRelation *r = it->relations[k];
             if (!rec_valid_item_id(r->item_id) || strcmp(r->item_id, it->item_id) == 0 ||
                 (r->type != 1 && r->type != 2) || !(r->weight >= 0 && r->weight <= 1))
-                return hm_call_invalid(call, "items.relations", "item %zu relation %zu: needs "
-                                       "another item, a type and a weight in 0..1", i, k);
+                return hm_call_invalid(call, "items.relations",
+                                       "item %zu relation %zu: needs "
+                                       "another item, a type and a weight in 0..1",
+                                       i, k);
         }
     }
     items_tx_t t = {call, req, 0, 0};
@@ -990,8 +990,7 @@ static const hm_stmt_t st_aff_get = {
     "BY key LIKE 'category:%'), 0) FROM d ORDER BY 2 DESC NULLS LAST, key LIMIT 200",
     2};
 
-static Hospitality__Recommender__V1__UserFeatures *load_features(hm_call_t *call,
-                                                                 const char *guest)
+static Hospitality__Recommender__V1__UserFeatures *load_features(hm_call_t *call, const char *guest)
 {
     hm_arena_t *a = &call->arena;
     const char *p[2] = {guest, rec_pf(a, tau_s())};
@@ -1058,8 +1057,9 @@ REC_HANDLER(rec_get_features)
     size_t len;
     Hospitality__Recommender__V1__UserFeatures *f = NULL;
     if (hm_cache_get(call->cache, &call->arena, key, &val, &len) == 0)
-        f = (void *)protobuf_c_message_unpack(&hospitality__recommender__v1__user_features__descriptor,
-                                              hm_arena_pb(&call->arena), len, (uint8_t *)val);
+        f = (void *)protobuf_c_message_unpack(
+            &hospitality__recommender__v1__user_features__descriptor, hm_arena_pb(&call->arena),
+            len, (uint8_t *)val);
     if (!f) {
         if (!(f = load_features(call, req->guest_id)))
             return hm_call_fail(call, HM_EUNAVAIL, "load features");
@@ -1089,8 +1089,8 @@ static const hm_stmt_t st_feat_rebuild = {
     "rating_count = excluded.rating_count RETURNING version, (SELECT count(*) FROM rc_events "
     "WHERE guest_id = $1::uuid)",
     1};
-static const hm_stmt_t st_aff_clear = {
-    "rc_aff_clear", "DELETE FROM rc_affinity WHERE guest_id = $1::uuid", 1};
+static const hm_stmt_t st_aff_clear = {"rc_aff_clear",
+                                       "DELETE FROM rc_affinity WHERE guest_id = $1::uuid", 1};
 /* Affinities from scratch: every event's item keys with decay from the event's time, plus the
  * stated interests. */
 static const hm_stmt_t st_aff_rebuild = {
@@ -1155,14 +1155,14 @@ REC_HANDLER(rec_refresh_features)
 
 /* Stores one bus-derived event; the id is derived from the envelope id and a line index, so
  * a redelivery (already deduplicated by processed_events) could not double it either. */
-static int bus_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Events__V1__Event *env,
-                     int idx, const char *guest, int type, const char *item, const char *venue,
-                     int app, const Hospitality__Common__V1__Money *amount, int qty,
-                     const char *txn)
+static int bus_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Events__V1__Event *env, int idx,
+                     const char *guest, int type, const char *item, const char *venue, int app,
+                     const Hospitality__Common__V1__Money *amount, int qty, const char *txn)
 {
     if (!guest || !hm_uuid_valid(guest) || !rec_valid_item_id(item))
         return HM_EINVAL; /* dead-lettered by the bus with this error */
-    Hospitality__Recommender__V1__TrackedEvent e = HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__INIT;
+    Hospitality__Recommender__V1__TrackedEvent e =
+        HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__INIT;
     Hospitality__Recommender__V1__TransactionDetails td =
         HOSPITALITY__RECOMMENDER__V1__TRANSACTION_DETAILS__INIT;
     e.event_id = derived_uuid(a, hm_arena_printf(a, "bus:%s:%d", env->id, idx));
@@ -1199,8 +1199,8 @@ int rec_handle_event(hm_db_t *db, hm_arena_t *arena, const Hospitality__Events__
         if (!b)
             return HM_EINVAL;
         guest = b->guest_id;
-        const char *item = b->inventory_item_id && b->inventory_item_id[0] ? b->inventory_item_id
-                                                                            : b->venue_id;
+        const char *item =
+            b->inventory_item_id && b->inventory_item_id[0] ? b->inventory_item_id : b->venue_id;
         Hospitality__Events__V1__Event same = *env;
         same.id = hm_arena_printf(arena, "booking:%s", b->booking_id); /* one per booking */
         rc = bus_event(db, arena, &same, 0, guest, T(BOOKING), item, b->venue_id,
@@ -1227,8 +1227,8 @@ int rec_handle_event(hm_db_t *db, hm_arena_t *arena, const Hospitality__Events__
         if (g->type != HOSPITALITY__COMMON__V1__INTERACTION_TYPE__INTERACTION_TYPE_VIEW ||
             !g->item_id || !g->item_id[0])
             return 0;
-        rc = bus_event(db, arena, env, 0, guest, T(VIEW), g->item_id, g->venue_id, g->app, NULL,
-                       0, NULL);
+        rc = bus_event(db, arena, env, 0, guest, T(VIEW), g->item_id, g->venue_id, g->app, NULL, 0,
+                       NULL);
     } else if (strcmp(t, "guest.consent.updated") == 0) {
         guest = ((const Hospitality__Events__V1__GuestConsentUpdated *)payload)->guest_id;
     } else if (strcmp(t, "guest.preferences.updated") == 0) {

@@ -223,6 +223,11 @@ class RecommenderBase(hmtest.TestCase):
                   "env", env.SerializeToString())
         return env
 
+    def personal_guest(self):
+        g = str(uuid.uuid4())
+        self.standin.granted.add(g)
+        return g
+
     def dlq(self):
         return redis_cmd("XRANGE", "hm:dlq:recommenderd", "-", "+") or []
 
@@ -382,11 +387,6 @@ class Recommender(RecommenderBase):
         self.assertFalse(r.personalized)
         self.assertEqual(r.non_personalized_reason,
                          self.rc.NON_PERSONALIZED_REASON_DEPENDENCY_UNAVAILABLE)
-
-    def personal_guest(self):
-        g = str(uuid.uuid4())
-        self.standin.granted.add(g)
-        return g
 
     def test_content_graph_item_strategies_and_reasons(self):
         p = "st" + uuid.uuid4().hex[:4]
