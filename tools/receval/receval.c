@@ -137,7 +137,10 @@ static void print_row(const char *name, const rt_result_t *r)
 {
     printf("%-22s", name);
     for (int q = 0; q < RT_NMET; q++)
-        printf("  %.4f [%.4f, %.4f]", r->value[q], r->lo[q], r->hi[q]);
+        if (q == RT_COV)
+            printf("  %.4f", r->value[q]);
+        else
+            printf("  %.4f [%.4f, %.4f]", r->value[q], r->lo[q], r->hi[q]);
     printf("\n");
 }
 

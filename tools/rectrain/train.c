@@ -679,7 +679,9 @@ int rt_evaluate(const char *path, const double *w, const rt_data_t *train, const
         double *col = xcalloc((size_t)(boot > 0 ? boot : 1), sizeof *col);
         for (int b = 0; b < boot; b++)
             col[b] = samples[(size_t)b * RT_NMET + q];
-        if (boot > 0) {
+        if (boot > 0 && q != RT_COV) {
+            /* coverage is a property of the whole population of lists: resampling users with
+             * replacement lowers it (fewer distinct users), so it gets no interval */
             qsort(col, (size_t)boot, sizeof *col, cmp_double);
             res->lo[q] = col[(int)(0.025 * (boot - 1))];
             res->hi[q] = col[(int)(0.975 * (boot - 1))];
