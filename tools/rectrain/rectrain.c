@@ -218,8 +218,8 @@ int main(int argc, char **argv)
         }
         nmetrics = RT_NMET;
         if (o.verbose)
-            fprintf(stderr, "rectrain: held-out ndcg@10 %.4f over %d users\n",
-                    res.value[RT_NDCG10], res.users);
+            fprintf(stderr, "rectrain: held-out ndcg@10 %.4f over %d users\n", res.value[RT_NDCG10],
+                    res.users);
         rt_data_free(&d);
         rt_split_free(&s);
     }

@@ -482,8 +482,8 @@ int rt_train_write(const rt_data_t *d, char *const *ids, const rt_opts_t *o,
         return -1;
     }
     if (o->verbose)
-        fprintf(stderr, "rectrain: wrote %s (%s): %zu items, %d users, %lld interactions\n",
-                path, h.version, ni, d->nusers, (long long)d->nnz);
+        fprintf(stderr, "rectrain: wrote %s (%s): %zu items, %d users, %lld interactions\n", path,
+                h.version, ni, d->nusers, (long long)d->nnz);
     return 0;
 }
 

@@ -32,18 +32,18 @@ int rt_data_build(rt_data_t *d, int nusers, int nitems, const rt_triplet_t *t, s
 void rt_data_free(rt_data_t *d);
 
 typedef struct rt_opts {
-    const char *item_model; /* "ease" (default) or "cosine" */
-    int kneigh;             /* neighbours kept per item [200] */
-    double ease_lambda;     /* EASE L2 [250] */
-    int ease_min_count;     /* items with fewer interactions stay out of EASE [3] */
-    int ease_max_items;     /* at most this many items in EASE (most frequent) [4000] */
-    int factors;            /* iALS factors [64]; 0: no factors */
-    int iterations;         /* iALS sweeps [12] */
+    const char *item_model;       /* "ease" (default) or "cosine" */
+    int kneigh;                   /* neighbours kept per item [200] */
+    double ease_lambda;           /* EASE L2 [250] */
+    int ease_min_count;           /* items with fewer interactions stay out of EASE [3] */
+    int ease_max_items;           /* at most this many items in EASE (most frequent) [4000] */
+    int factors;                  /* iALS factors [64]; 0: no factors */
+    int iterations;               /* iALS sweeps [12] */
     double als_lambda, als_alpha; /* [5, 5] */
-    double pop_half_life_s;  /* popularity decay; 0: none */
-    int64_t now_s;           /* "now" for the decay */
-    double weights[REC_NW];  /* blend weights written into the file */
-    const char *version;     /* model version; NULL: derived from the time and a checksum */
+    double pop_half_life_s;       /* popularity decay; 0: none */
+    int64_t now_s;                /* "now" for the decay */
+    double weights[REC_NW];       /* blend weights written into the file */
+    const char *version;          /* model version; NULL: derived from the time and a checksum */
     unsigned seed;
     int verbose;
 } rt_opts_t;
