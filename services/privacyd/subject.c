@@ -2,12 +2,12 @@
  * subject.c - hospitality.privacy.v1.DataSubjectService for privacyd's own records (privacyd
  * drives it through hm_peer_call like any other participant).
  *
- * Export: the guest's current consents, their consent history and their export requests (the
- * category CONSENTS). Erasure requests are not a section: they are the record of the erasure
- * itself, kept under the subject's hash once it completes. Erase: consent state and history
- * and export requests (with their stored exports) are deleted, in both modes (consent records
- * have no statistical use), and the cached consent goes. Idempotent by request_id (the receipt
- * is kept without the subject's id).
+ * Export: the guest's current consents, their consent history and their export requests other
+ * than the one asking (the category CONSENTS). Erasure requests are not a section: they are the
+ * record of the erasure itself, kept under the subject's hash once it completes. Erase: consent
+ * state and history and export requests (with their stored exports) are deleted, in both modes
+ * (consent records have no statistical use), and the cached consent goes. Idempotent by request_id
+ * (the receipt is kept without the subject's id).
  */
 #include <string.h>
 
@@ -22,49 +22,26 @@ static const struct {
 } sections[] = {
     {"consents",
      {"pv_x_consents",
-      "SELECT coalesce(json_agg(json_build_object('purpose', purpose, 'status', status, "
-      "'source', source, 'notice_version', notice_version, 'recorded_at', pv_iso(recorded_at), "
-      "'expires_at', pv_iso(expires_at), 'recorded_by', actor_id, "
-      "'version', version) ORDER BY "
-      "purpose), '[]')::text, count(*) "
-      "FROM pv_consents WHERE guest_id "
-      "= $1::uuid",
+      "SELECT coalesce(json_agg(json_build_object('purpose', purpose, 'status', status, 'source', "
+      "source, 'notice_version', notice_version, 'recorded_at', pv_iso(recorded_at), "
+      "'expires_at', pv_iso(expires_at), 'recorded_by', actor_id, 'version', version) ORDER BY "
+      "purpose), '[]')::text, count(*) FROM pv_consents WHERE guest_id = $1::uuid",
       1}},
     {"consent_history",
      {"pv_x_history",
-      "SELECT coalesce(json_agg(json_build_object('purpose', purpose, 'status', status, "
-      "'source', source, 'notice_version', notice_version, 'recorded_at', pv_iso(recorded_at), "
-      "'expires_at', pv_iso(expires_at), 'recorded_by', actor_id, "
-      "'version', version) ORDER BY id), "
-      "'[]')::text, count(*) FROM "
-      "pv_consent_history WHERE guest_id "
-      "= $1::uuid",
+      "SELECT coalesce(json_agg(json_build_object('purpose', purpose, 'status', status, 'source', "
+      "source, 'notice_version', notice_version, 'recorded_at', pv_iso(recorded_at), "
+      "'expires_at', pv_iso(expires_at), 'recorded_by', actor_id, 'version', version) ORDER BY "
+      "id), '[]')::text, count(*) FROM pv_consent_history WHERE guest_id = $1::uuid",
       1}},
     {"privacy_requests",
      {"pv_x_requests",
       "SELECT coalesce(json_agg(json_build_object('request_id', request_id, 'type', 'export', "
       "'status', status, 'jurisdiction', jurisdiction, 'received_at', pv_iso(received_at), "
-      "'finished_at', pv_iso(finished_at), 'due_at', pv_iso(due_at)) "
-      "ORDER "
-      "BY "
-      "receive"
-      "d_at), "
-      "'[]')::"
-      "text, "
-      "count(*"
-      ") FROM "
-      "pv_"
-      "request"
-      "s "
-      "WHERE "
-      "guest_"
-      "id = "
-      "$1::"
-      "uuid "
-      "AND "
-      "type = "
-      "1",
-      1}},
+      "'finished_at', pv_iso(finished_at), 'due_at', pv_iso(due_at)) ORDER BY received_at), "
+      "'[]')::text, count(*) FROM pv_requests WHERE guest_id = $1::uuid AND type = 1 AND "
+      "request_id::text <> $2",
+      2}},
 };
 #define NSECTIONS (sizeof sections / sizeof sections[0])
 
@@ -83,7 +60,8 @@ PV_HANDLER(pv_export_subject)
     resp->exported_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
     resp->sections = hm_arena_alloc(a, NSECTIONS * sizeof(void *));
     for (size_t i = 0; want && i < NSECTIONS; i++) {
-        const char *p[1] = {req->guest_id};
+        /* A request never lists itself: an export run after an erasure must come back empty. */
+        const char *p[2] = {req->guest_id, req->request_id ? req->request_id : ""};
         PGresult *r;
         int rc = hm_db_exec_arena(call->db, a, &sections[i].st, p, NULL, NULL, &r);
         if (rc != 0)

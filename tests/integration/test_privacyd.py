@@ -324,21 +324,22 @@ class Privacy(hmtest.TestCase):
         self.assertEqual((again.request.request_id, again.verification_code), (rid, code))
         done = self.wait_request(rid, lambda q: q.status == COMPLETED)
         self.assertEqual(done.participants[0].status, P_CONFIRMED)
-        self.assertEqual(done.participants[0].exported_records, 2 + 2 + 1)
+        self.assertEqual(done.participants[0].exported_records, 2 + 2 + 0)
         self.assertTrue(done.HasField("export_expires_at"))
         # a wrong code is refused
         e = self.assertRpcError("PERMISSION_DENIED", self.fetch, g, rid, "0" * len(code))
         self.assertEqual(hmtest.error_details(e)[1].reason, "VERIFICATION_FAILED")
         x = self.fetch(g, rid, code)
+        # (a request never lists itself)
         self.assertEqual({s.section: s.count for s in x.summary},
-                         {"consents": 2, "consent_history": 2, "privacy_requests": 1})
+                         {"consents": 2, "consent_history": 2, "privacy_requests": 0})
         self.assertIn("General Data Protection Regulation", x.disclaimer)
         doc = json.loads(x.json_document)
         self.assertEqual(list(doc)[0], "summary")
         self.assertEqual(doc["disclaimer"], x.disclaimer)
         self.assertEqual(sorted(r["purpose"] for r in doc["consents"]), [1, 4])
         self.assertEqual({r["notice_version"] for r in doc["consent_history"]}, {notice})
-        self.assertEqual(doc["privacy_requests"][0]["request_id"], rid)
+        self.assertEqual(doc["privacy_requests"], [])
         csv = {f.file_name: f.content for f in x.csv_files}
         self.assertEqual(set(csv), {"consents.csv", "consent_history.csv",
                                     "privacy_requests.csv"})
@@ -367,6 +368,12 @@ class Privacy(hmtest.TestCase):
         self.assertEqual(done2.participants[0].exported_records, 0)
         self.assertEqual(len(self.fetch(g, r2.request.request_id, r2.verification_code).summary),
                          0)
+        # a later export lists the earlier requests
+        r3 = self.export(g)
+        self.wait_request(r3.request.request_id, lambda q: q.status == COMPLETED)
+        doc3 = json.loads(self.fetch(g, r3.request.request_id, r3.verification_code).json_document)
+        self.assertEqual(sorted(x["request_id"] for x in doc3["privacy_requests"]),
+                         sorted([rid, r2.request.request_id]))
 
     def test_jurisdiction_deadlines(self):
         g = str(uuid.uuid4())
