@@ -12,7 +12,8 @@ a booking; gamificationd points; privacyd consents). Then:
   with backoff and confirms after it returns; the re-run export in the receipt is empty;
 - afterwards no participant's database holds the guest's id or personal data (checked with
   psql on every table, bytea decoded), no Redis key or value holds them, the subject is on the
-  suppression list, and a new export finds nothing.
+  suppression list, a late event about them re-creates nothing, and a new export finds
+  nothing.
 
 The participants are the daemons that answer DataSubjectService (probed at start: a daemon
 that answers UNIMPLEMENTED is not one yet, and the test says so).
@@ -46,12 +47,13 @@ class PrivacyMesh(hmtest.TestCase):
         hmtest.project_protos()
         from hospitality.booking.v1 import booking_pb2
         from hospitality.common.v1 import common_pb2, domain_pb2
+        from hospitality.events.v1 import booking_events_pb2
         from hospitality.gamification.v1 import gamification_pb2
         from hospitality.guest.v1 import guest_pb2
         from hospitality.privacy.v1 import privacy_pb2
 
         cls.pv, cls.bk, cls.gm, cls.gu = privacy_pb2, booking_pb2, gamification_pb2, guest_pb2
-        cls.common, cls.dom = common_pb2, domain_pb2
+        cls.common, cls.dom, cls.bev = common_pb2, domain_pb2, booking_events_pb2
         cls.grpc = hmtest.grpc_mod()
         env = {"HM_PII_KEYS": "k1:" + hmtest.random_hex(), "HM_PII_INDEX_KEY": hmtest.random_hex(),
                "HM_PRIVACY_RETRY_BASE": "300ms", "HM_PRIVACY_RETRY_MAX": "1s",
@@ -261,6 +263,40 @@ class PrivacyMesh(hmtest.TestCase):
         while not self._deleted_event(g):
             self.assertLess(time.monotonic(), until, "no guest.data.deleted")
             time.sleep(0.1)
+        # a late event about the erased guest re-creates nothing (suppression list); the same
+        # event about another guest is applied (the consumer is alive)
+        other = str(uuid.uuid4())
+        for who in (g, other):
+            self.publish("booking.completed", self.bev.BookingCompleted(
+                booking=self.bev.BookingSummary(booking_id=str(uuid.uuid4()),
+                                                booking_reference="LATE" + who[:4],
+                                                guest_id=who, venue_id=str(uuid.uuid4()),
+                                                venue_type=2)), who)
+        until = time.monotonic() + 10
+        while not tables_holding(lambda q: self.m.psql("gamificationd", q), other,
+                                 skip={"outbox", "processed_events"}):
+            self.assertLess(time.monotonic(), until, "gamificationd never applied the event")
+            time.sleep(0.2)
+        self.assertEqual(tables_holding(lambda q: self.m.psql("gamificationd", q), g,
+                                        skip={"outbox", "processed_events"}), [])
+
+    def publish(self, etype, msg, subject):
+        """XADDs an event envelope to the mesh's Redis as the outbox relay would."""
+        import socket
+
+        from google.protobuf import timestamp_pb2
+        from hospitality.events.v1 import events_pb2
+
+        t = timestamp_pb2.Timestamp()
+        t.GetCurrentTime()
+        env = events_pb2.Event(id=hmtest.uuid7(), type=etype, source="test", subject=subject,
+                               time=t, schema_version=1, payload=msg.SerializeToString())
+        args = [b"XADD", ("hm:events:" + etype.split(".")[0]).encode(), b"*", b"id",
+                env.id.encode(), b"type", etype.encode(), b"env", env.SerializeToString()]
+        with socket.create_connection(("127.0.0.1", self.m.redis.port), timeout=10) as sock:
+            sock.sendall(b"*%d\r\n" % len(args) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+            self.assertTrue(sock.makefile("rb").readline().startswith(b"$"))
 
     def _deleted_event(self, g):
         for _id, fields in self.m.redis.command("XRANGE", "hm:events:guest", "-", "+") or []:
