@@ -297,7 +297,8 @@ CREATE FUNCTION gd_metrics(g uuid) RETURNS jsonb LANGUAGE sql STABLE AS $$
     FROM guests gu LEFT JOIN guest_signals s USING (guest_id) WHERE gu.guest_id = g
 $$;
 
--- Re-evaluates the segment rules for one guest; keeps `since` of segments that still apply.
+-- Re-evaluates the segment rules for one guest; keeps `since` of segments that still apply and
+-- bumps the context version only when the set of segments changed.
 CREATE FUNCTION gd_recompute_segments(g uuid) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     m jsonb := gd_metrics(g);
@@ -309,28 +310,28 @@ BEGIN
     END IF;
     SELECT string_agg(segment_id, ',' ORDER BY segment_id) INTO before
         FROM guest_segments WHERE guest_id = g;
-    CREATE TEMP TABLE IF NOT EXISTS gd_seg_tmp (segment_id text, reason text, rule_version text)
-        ON COMMIT DROP;
-    DELETE FROM gd_seg_tmp;
-    INSERT INTO gd_seg_tmp
-    SELECT r.segment_id,
-           string_agg(format('%s = %s (rule: %s %s)', r.metric, m ->> r.metric, r.op, r.threshold),
-                      ' and ' ORDER BY r.metric),
-           max(r.rule_version)
-    FROM segment_rules r
-    GROUP BY r.segment_id
-    HAVING bool_and(CASE r.op
-        WHEN '>=' THEN (m ->> r.metric)::numeric >= r.threshold
-        WHEN '<=' THEN (m ->> r.metric)::numeric <= r.threshold
-        WHEN '>'  THEN (m ->> r.metric)::numeric >  r.threshold
-        WHEN '<'  THEN (m ->> r.metric)::numeric <  r.threshold
-        ELSE (m ->> r.metric)::numeric = r.threshold END);
-    DELETE FROM guest_segments s WHERE s.guest_id = g
-        AND NOT EXISTS (SELECT 1 FROM gd_seg_tmp t WHERE t.segment_id = s.segment_id);
-    INSERT INTO guest_segments (guest_id, segment_id, reason, rule_version)
-    SELECT g, segment_id, reason, rule_version FROM gd_seg_tmp
+    WITH hit AS (
+        SELECT r.segment_id,
+               string_agg(format('%s = %s (rule: %s %s)', r.metric, m ->> r.metric, r.op,
+                                 r.threshold), ' and ' ORDER BY r.metric) AS reason,
+               max(r.rule_version) AS rule_version
+        FROM segment_rules r
+        GROUP BY r.segment_id
+        HAVING bool_and(CASE r.op
+            WHEN '>=' THEN (m ->> r.metric)::numeric >= r.threshold
+            WHEN '<=' THEN (m ->> r.metric)::numeric <= r.threshold
+            WHEN '>'  THEN (m ->> r.metric)::numeric >  r.threshold
+            WHEN '<'  THEN (m ->> r.metric)::numeric <  r.threshold
+            ELSE (m ->> r.metric)::numeric = r.threshold END)),
+    gone AS (
+        DELETE FROM guest_segments s WHERE s.guest_id = g
+            AND s.segment_id NOT IN (SELECT segment_id FROM hit))
+    INSERT INTO guest_segments AS s (guest_id, segment_id, reason, rule_version)
+    SELECT g, segment_id, reason, rule_version FROM hit
     ON CONFLICT (guest_id, segment_id) DO UPDATE
-        SET reason = excluded.reason, rule_version = excluded.rule_version;
+        SET reason = excluded.reason, rule_version = excluded.rule_version
+        WHERE s.reason IS DISTINCT FROM excluded.reason
+           OR s.rule_version IS DISTINCT FROM excluded.rule_version;
     INSERT INTO guest_segment_state VALUES (g, now())
     ON CONFLICT (guest_id) DO UPDATE SET computed_at = now();
     SELECT string_agg(segment_id, ',' ORDER BY segment_id) INTO after
@@ -341,18 +342,23 @@ BEGIN
 END
 $$;
 
--- Implicit preferences from category affinities: confidence is the decayed affinity's share.
+-- Implicit preferences from category affinities: confidence is the decayed affinity's share
+-- of the strongest (top 10 kept).
 CREATE FUNCTION gd_recompute_implicit(g uuid) RETURNS void LANGUAGE sql AS $$
-    DELETE FROM guest_implicit_preferences WHERE guest_id = g AND source = 'interactions';
-    INSERT INTO guest_implicit_preferences (guest_id, key, value, confidence, source)
-    SELECT g, 'category', category, round((s / greatest(max(s) OVER (), 1e-9))::numeric, 4),
-           'interactions'
-    FROM (SELECT category, gd_decay(score, score_at, now()) AS s
-          FROM guest_category_affinity WHERE guest_id = g) a
-    WHERE s > 0
-    ORDER BY s DESC LIMIT 10
+    WITH top AS (
+        SELECT category, round((s / greatest(max(s) OVER (), 1e-9))::numeric, 4) AS c
+        FROM (SELECT category, gd_decay(score, score_at, now()) AS s
+              FROM guest_category_affinity WHERE guest_id = g) a
+        WHERE s > 0 ORDER BY s DESC LIMIT 10),
+    gone AS (
+        DELETE FROM guest_implicit_preferences p WHERE p.guest_id = g
+            AND p.source = 'interactions' AND p.key = 'category'
+            AND p.value NOT IN (SELECT category FROM top))
+    INSERT INTO guest_implicit_preferences AS p (guest_id, key, value, confidence, source)
+    SELECT g, 'category', category, c, 'interactions' FROM top
     ON CONFLICT (guest_id, key, value) DO UPDATE
-        SET confidence = excluded.confidence, source = excluded.source, updated_at = now();
+        SET confidence = excluded.confidence, source = excluded.source, updated_at = now()
+        WHERE p.confidence IS DISTINCT FROM excluded.confidence OR p.source <> excluded.source;
 $$;
 
 -- Applies one interaction to the incremental signals.
@@ -404,8 +410,18 @@ $$;
 CREATE FUNCTION gd_interaction_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM gd_apply_interaction(NEW);
-    PERFORM gd_recompute_implicit(NEW.guest_id);
-    PERFORM gd_recompute_segments(NEW.guest_id);
+    IF NEW.category <> '' THEN
+        PERFORM gd_recompute_implicit(NEW.guest_id);
+    END IF;
+    -- Segment rules read booking, spend and recency metrics: views and searches can only
+    -- change them for a guest who is lapsed or has never been evaluated (the periodic task
+    -- covers the passage of time).
+    IF NEW.type IN (3, 4, 5, 6, 13)
+       OR NOT EXISTS (SELECT 1 FROM guest_segment_state WHERE guest_id = NEW.guest_id)
+       OR EXISTS (SELECT 1 FROM guest_segments WHERE guest_id = NEW.guest_id
+                  AND segment_id = 'lapsed') THEN
+        PERFORM gd_recompute_segments(NEW.guest_id);
+    END IF;
     PERFORM gd_touch(NEW.guest_id);
     RETURN NULL;
 END
