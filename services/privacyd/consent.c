@@ -3,12 +3,14 @@
  *
  * The current decisions live in pv_consents (one row per guest and purpose), every decision in
  * pv_consent_history, and the guest's consent version in pv_consent_guests. GetConsent answers
- * from Redis: the key hm:privacyd:consent:<guest> holds "<version>:<packed GetConsentResponse
- * with all purposes>". Writers and readers store it through one Lua script that never lets an
- * older version replace a newer one, so a reader that loaded the state before an update cannot
- * put it back after the update's own write. Expired grants are reported as WITHDRAWN at read
- * time (the cached copy needs no invalidation when a grant lapses); the expiry task records the
- * lapse in the history and publishes it.
+ * from Redis: the key hm:privacyd:consent:<SHA-256 of the guest id> holds "<version>:<packed
+ * GetConsentResponse with all purposes, the id left out>", so Redis holds no guest id. Writers and
+ * readers store it through one Lua script that never lets an older version replace a newer one, so
+ * a reader that loaded the state before an update cannot put it back after the update's own write.
+ * Expired grants are reported as WITHDRAWN at read time (the cached copy needs no invalidation when
+ * a grant lapses); the expiry task records the lapse in the history and publishes it. An erasure
+ * request replaces the entry with a tombstone ("nothing consented" under a version no update
+ * reaches).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -77,9 +79,20 @@ static const char cache_script[] =
 static void cache_store(hm_cache_t *cache, hm_arena_t *a, const char *guest,
                         const Hospitality__Privacy__V1__GetConsentResponse *s)
 {
-    size_t n = protobuf_c_message_get_packed_size(&s->base);
+    /* Stored without the guest's id (the key is its hash too): Redis holds no id. */
+    Hospitality__Privacy__V1__GetConsentResponse copy = *s;
+    Hospitality__Privacy__V1__ConsentRecord *recs[NPURPOSES], *ptrs[NPURPOSES];
+    copy.guest_id = "";
+    copy.n_consents = s->n_consents > NPURPOSES ? NPURPOSES : s->n_consents;
+    for (size_t i = 0; i < copy.n_consents; i++) {
+        recs[i] = hm_arena_memdup(a, s->consents[i], sizeof *recs[i]);
+        recs[i]->guest_id = "";
+        ptrs[i] = recs[i];
+    }
+    copy.consents = ptrs;
+    size_t n = protobuf_c_message_get_packed_size(&copy.base);
     uint8_t *buf = hm_arena_alloc(a, n + 1);
-    protobuf_c_message_pack(&s->base, buf);
+    protobuf_c_message_pack(&copy.base, buf);
     const char *argv[7] = {"EVAL",
                            cache_script,
                            "1",
@@ -94,6 +107,27 @@ static void cache_store(hm_cache_t *cache, hm_arena_t *a, const char *guest,
     hm_cache_command_argv(cache, a, 7, argv, lens);
 }
 
+/* The cached state of an erased guest: nothing decided, under a version no real state reaches,
+ * so that no reader holding the state from before the erasure can put it back. */
+#define ERASED_VERSION 1000000000000LL
+
+void pv_consent_tombstone(hm_cache_t *cache, hm_arena_t *a, const char *guest)
+{
+    Hospitality__Privacy__V1__GetConsentResponse s =
+        HOSPITALITY__PRIVACY__V1__GET_CONSENT_RESPONSE__INIT;
+    s.guest_id = (char *)guest;
+    s.version = ERASED_VERSION;
+    s.consents = hm_arena_alloc(a, NPURPOSES * sizeof(void *));
+    for (int purpose = 1; purpose <= NPURPOSES; purpose++) {
+        Hospitality__Privacy__V1__ConsentRecord *c = hm_arena_alloc(a, sizeof *c);
+        hospitality__privacy__v1__consent_record__init(c);
+        c->guest_id = s.guest_id;
+        c->purpose = purpose;
+        s.consents[s.n_consents++] = c;
+    }
+    cache_store(cache, a, guest, &s);
+}
+
 static Hospitality__Privacy__V1__GetConsentResponse *cache_load(hm_cache_t *cache, hm_arena_t *a,
                                                                 const char *guest)
 {
@@ -105,9 +139,15 @@ static Hospitality__Privacy__V1__GetConsentResponse *cache_load(hm_cache_t *cach
     if (!colon)
         return NULL;
     size_t off = (size_t)(colon - v) + 1;
-    return (void *)protobuf_c_message_unpack(
+    Hospitality__Privacy__V1__GetConsentResponse *s = (void *)protobuf_c_message_unpack(
         &hospitality__privacy__v1__get_consent_response__descriptor, hm_arena_pb(a), len - off,
         (uint8_t *)v + off);
+    if (!s)
+        return NULL;
+    s->guest_id = hm_arena_strdup(a, guest);
+    for (size_t i = 0; i < s->n_consents; i++)
+        s->consents[i]->guest_id = s->guest_id;
+    return s;
 }
 
 /* Reports a lapsed grant as WITHDRAWN (the record is copied, the cached one is untouched). */
@@ -162,7 +202,7 @@ PV_HANDLER(pv_get_consent)
     Hospitality__Privacy__V1__GetConsentResponse *resp = hm_arena_alloc(a, sizeof *resp);
     hospitality__privacy__v1__get_consent_response__init(resp);
     resp->guest_id = (char *)req->guest_id;
-    resp->version = s->version;
+    resp->version = s->version == ERASED_VERSION ? 0 : s->version;
     resp->consents = hm_arena_alloc(a, NPURPOSES * sizeof(void *));
     int64_t now_us = hm_now_ms() * 1000;
     for (size_t i = 0; i < s->n_consents; i++) {

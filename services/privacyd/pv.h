@@ -87,6 +87,9 @@ int pv_audit(hm_db_t *db, hm_arena_t *a, int actor_type, const char *actor_id, c
 /* Consent cache: key of a guest, and invalidation after a commit. */
 char *pv_consent_key(hm_arena_t *a, const char *guest);
 void pv_consent_invalidate(hm_cache_t *cache, hm_arena_t *a, const char *guest);
+/* Caches "nothing consented" for an erased guest under a version no update reaches (so no
+ * reader can put the former state back); GetConsent reports it as version 0. */
+void pv_consent_tombstone(hm_cache_t *cache, hm_arena_t *a, const char *guest);
 
 /* Statutory deadline of a jurisdiction as a Postgres interval, and its disclaimer. */
 const char *pv_deadline_interval(int jurisdiction);

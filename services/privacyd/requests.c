@@ -286,9 +286,9 @@ PV_HANDLER(pv_request_erasure)
     if (rc != 0)
         return hm_call_fail(call, rc, "accept erasure request");
     /* After the commit: consumers everywhere stop applying events about the subject now, and
-     * privacyd forgets the cached consent (the task re-adds the list should Redis miss it). */
+     * GetConsent answers "nothing consented" (the task re-adds the list should Redis miss it). */
     hm_suppress_subject(call->cache, req->guest_id);
-    pv_consent_invalidate(call->cache, a, req->guest_id);
+    pv_consent_tombstone(call->cache, a, req->guest_id);
     Hospitality__Privacy__V1__RequestErasureResponse *resp = hm_arena_alloc(a, sizeof *resp);
     hospitality__privacy__v1__request_erasure_response__init(resp);
     if (!hm_status_ok(st = answer(call, t.request_id, &resp->request)))

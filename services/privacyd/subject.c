@@ -169,7 +169,7 @@ PV_HANDLER(pv_erase_subject)
     int rc = hm_db_tx(call->db, erase_fn, &t, HM_DB_READ_COMMITTED);
     if (rc != 0)
         return hm_call_fail(call, rc, "erase");
-    pv_consent_invalidate(call->cache, &call->arena, req->guest_id);
+    pv_consent_tombstone(call->cache, &call->arena, req->guest_id);
     Hospitality__Privacy__V1__EraseSubjectDataResponse *resp =
         hm_arena_alloc(&call->arena, sizeof *resp);
     hospitality__privacy__v1__erase_subject_data_response__init(resp);

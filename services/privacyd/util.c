@@ -105,7 +105,9 @@ int pv_audit(hm_db_t *db, hm_arena_t *a, int actor_type, const char *actor_id, c
 
 char *pv_consent_key(hm_arena_t *a, const char *guest)
 {
-    return hm_cache_key(a, "privacyd", "consent", guest);
+    char h[65];
+    pv_sha256_hex(guest, strlen(guest), h);
+    return hm_cache_key(a, "privacyd", "consent", h);
 }
 
 void pv_consent_invalidate(hm_cache_t *cache, hm_arena_t *a, const char *guest)

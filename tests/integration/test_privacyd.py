@@ -262,7 +262,7 @@ class Privacy(hmtest.TestCase):
     def test_consent_cache_rewritten_by_the_update(self):
         g = str(uuid.uuid4())
         self.update(g, [(PERSONALIZATION, GRANTED)])
-        key = "hm:privacyd:consent:" + g
+        key = "hm:privacyd:consent:" + hashlib.sha256(g.encode()).hexdigest()
         self.assertEqual(self.status_of(self.consent(g), PERSONALIZATION), GRANTED)
         cached = redis_cmd("GET", key)
         self.assertIsNotNone(cached)
@@ -453,7 +453,8 @@ class Privacy(hmtest.TestCase):
         ex = self.export(g)
         self.wait_request(ex.request.request_id, lambda q: q.status == COMPLETED)
         self.consent(g)
-        self.assertIsNotNone(redis_cmd("GET", "hm:privacyd:consent:" + g))
+        key = "hm:privacyd:consent:" + hashlib.sha256(g.encode()).hexdigest()
+        self.assertIsNotNone(redis_cmd("GET", key))
         r = self.rpc("RequestErasure", self.pb.RequestErasureRequest(
             guest_id=g, jurisdiction=CCPA, reason="guest request via app",
             idempotency_key="e-" + g), self.guest_md(g)).request
@@ -473,7 +474,10 @@ class Privacy(hmtest.TestCase):
         self.assertEqual(tables_holding(lambda q: self.sql(q), g, skip=("outbox",)), [])
         self.assertEqual(self.sql("SELECT count(*) FROM pv_suppressed WHERE subject_hash = '%s'"
                                   % h), "1")
-        self.assertIsNone(redis_cmd("GET", "hm:privacyd:consent:" + g))
+        # the cached consent is a tombstone without the id: nothing consented, version 0
+        self.assertNotIn(g.encode(), redis_cmd("GET", key))
+        c = self.consent(g, md=self.admin)
+        self.assertEqual((c.version, {x.status for x in c.consents}), (0, {0}))
         # the export made before is gone with the guest's records
         self.assertRpcError("NOT_FOUND", self.fetch, g, ex.request.request_id,
                             ex.verification_code)
