@@ -584,6 +584,43 @@ class Privacy(hmtest.TestCase):
                             self.pb.VerifyAuditLogRequest(),
                             hmtest.auth_md("staff-1", roles=("staff",)))
 
+    # -- replicas
+
+    def test_two_replicas_work_each_request_and_lapse_once(self):
+        r2 = hmtest.Daemon("privacyd", self.d.exe, workers=2, database=self.d.db,
+                           label=hmtest.test_name() + "-replica")
+        r2.extra_env.update(privacyd_env(self.d, "privacyd"))
+        r2.start()
+        try:
+            g = str(uuid.uuid4())
+            soon = datetime.datetime.utcnow() + datetime.timedelta(seconds=1)
+            guests = [str(uuid.uuid4()) for _ in range(6)]
+            for x in guests:
+                self.update(x, [(ANALYTICS, GRANTED, soon)], d=r2 if x < g else None)
+            rids = [self.export(g, d=r2 if i % 2 else None).request.request_id
+                    for i in range(10)]
+            for rid in rids:
+                self.wait_request(rid, lambda q: q.status == COMPLETED)
+            ids = ",".join("'%s'" % r for r in rids)
+            self.assertEqual(self.sql("SELECT count(*) FROM pv_audit WHERE action = "
+                                      "'export.completed' AND request_id IN (%s)" % ids), "10")
+            self.assertEqual(self.sql("SELECT count(*) FROM outbox WHERE event_type = "
+                                      "'guest.data.exported' AND subject = '%s'" % g), "10")
+            self.assertEqual(self.sql("SELECT count(*) FROM pv_exports WHERE request_id IN (%s)"
+                                      % ids), "10")
+            until = time.monotonic() + 8
+            q = ("SELECT count(*) FROM pv_consent_history WHERE source = 6 AND guest_id IN (%s)"
+                 % ",".join("'%s'" % x for x in guests))
+            while self.sql(q) != "6":
+                self.assertLess(time.monotonic(), until, "lapses not recorded")
+                time.sleep(0.2)
+            time.sleep(2.5)  # both replicas' expiry tasks ran again: still one lapse per guest
+            self.assertEqual(self.sql(q), "6")
+            self.assertTrue(self.rpc("VerifyAuditLog", self.pb.VerifyAuditLogRequest()).valid)
+        finally:
+            self.assertEqual(r2.stop(), 0)
+            r2.close()
+
     # -- bad input, authorization
 
     def test_bad_input_and_authorization(self):
