@@ -19,7 +19,8 @@ RUN apt-get update \
       grpc-proto libpq-dev libhiredis-dev libcurl4-openssl-dev libjwt-dev libjansson-dev \
       libmicrohttpd-dev libssl-dev uuid-dev \
       golang-go golang-grpc-gateway golang-github-grpc-ecosystem-grpc-gateway-dev \
-      golang-github-gogo-googleapis-dev \
+      golang-github-gogo-googleapis-dev golang-google-grpc-dev golang-goprotobuf-dev \
+      golang-google-genproto-dev \
       ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

@@ -211,6 +211,23 @@ class GatewayE2E(unittest.TestCase):
             urllib.request.urlopen(req, timeout=10)
         self.assertEqual(cm.exception.code, 400)
 
+    def test_me_profile_is_not_get_profile(self):
+        """GET /api/v1/guests/me/profile binds GetMyProfile; the template
+        /api/v1/guests/{guest_id}/profile must not take it with guest_id "me"."""
+        def get_profile_calls():
+            return sum(v for (name, labels), v in self.guestd.metrics().items()
+                       if name == "hm_grpc_requests_total"
+                       and dict(labels).get("method", "").endswith("GuestService/GetProfile"))
+
+        before = get_profile_calls()
+        g = str(uuid.uuid4())
+        status, body, _ = self.call("GET", "/api/v1/guests/me/profile",
+                                    token=hmtest.token(g, roles=("guest",)))
+        self.assertEqual(get_profile_calls(), before, (status, body))
+        # and the template still routes real ids to GetProfile
+        self.call("GET", "/api/v1/guests/%s/profile" % uuid.uuid4())
+        self.assertEqual(get_profile_calls(), before + 1)
+
     def test_request_id_passes_both_ways(self):
         rid = "req-" + uuid.uuid4().hex
         status, body, hdrs = self.call("GET", "/api/v1/guests/%s/profile" % uuid.uuid4(),
