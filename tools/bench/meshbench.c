@@ -276,13 +276,28 @@ static hm_status_t op_booking(ctx_t *c)
                 &hospitality__booking__v1__create_booking_response__descriptor);
 }
 
+/* privacyd's hot path (other daemons ask it for consent); weight 0: only with --only. */
+static hm_status_t op_consent(ctx_t *c)
+{
+    Hospitality__Privacy__V1__GetConsentRequest r =
+        HOSPITALITY__PRIVACY__V1__GET_CONSENT_REQUEST__INIT;
+    r.guest_id = (char *)guest(c);
+    return call(c, D_PRIVACY, "/hospitality.privacy.v1.PrivacyService/GetConsent", &r.base,
+                &hospitality__privacy__v1__get_consent_response__descriptor);
+}
+
 /* The mix (per mille): read-heavy like DeathStarBench's hotel reservation (search 60%,
  * recommend 39%, login 0.5%, reserve 0.5%), with this mesh's writes given a larger share. */
 static op_t ops[] = {
-    {"GetPersonalizationContext", 300, op_context}, {"Recommend", 300, op_recommend},
-    {"CheckAvailability", 200, op_availability},    {"GetProfile", 100, op_profile},
-    {"RecordInteraction", 40, op_interaction},      {"AwardPoints", 30, op_award},
-    {"GetLeaderboard", 20, op_leaderboard},         {"CreateBooking", 10, op_booking},
+    {"GetPersonalizationContext", 300, op_context},
+    {"Recommend", 300, op_recommend},
+    {"CheckAvailability", 200, op_availability},
+    {"GetProfile", 100, op_profile},
+    {"RecordInteraction", 40, op_interaction},
+    {"AwardPoints", 30, op_award},
+    {"GetLeaderboard", 20, op_leaderboard},
+    {"CreateBooking", 10, op_booking},
+    {"GetConsent", 0, op_consent},
 };
 #define NOPS (sizeof ops / sizeof ops[0])
 
