@@ -38,7 +38,8 @@ PERSONALIZATION, MARKETING_EMAIL = 1, 2
 GRANTED, WITHDRAWN = 1, 3
 # Tables that keep the erased guest's id on purpose, by daemon: the participants' own records of
 # the erasure (their idempotency receipts). privacyd itself keeps only the id's hash.
-RETAINED = {"bookingd": {"bk_erasures"}, "guestd": {"guest_erasures"}}
+RETAINED = {"bookingd": {"bk_erasures"}, "guestd": {"guest_erasures"},
+            "recommenderd": {"rc_erasures"}}
 
 
 class PrivacyMesh(hmtest.TestCase):
