@@ -63,7 +63,8 @@ class MeshFaults(hmtest.TestCase):
         def interaction(rpc, rnd, dl):
             rpc.call("guestd", G, "RecordInteraction", {
                 "guest_id": rnd.choice(guests), "idempotency_key": uuid.uuid4().hex,
-                "interaction": {"type": "INTERACTION_TYPE_VIEW", "item_id": "item-%d" % rnd.randrange(50)}},
+                "interaction": {"type": "INTERACTION_TYPE_VIEW",
+                                "item_id": "item-%d" % rnd.randrange(50)}},
                 svc, dl)
 
         def booking(rpc, rnd, dl):
@@ -86,12 +87,24 @@ class MeshFaults(hmtest.TestCase):
             rpc.call("recommenderd", R, "Recommend", {"guest_id": rnd.choice(guests), "limit": 5},
                      svc, dl)
 
+        def update(rpc, rnd, dl):  # profile changes: the cached context must follow them
+            g = rnd.choice(guests)
+            v = rpc.call("guestd", G, "GetProfile", {"guest_id": g}, svc, dl)["profile"]
+            rpc.call("guestd", G, "UpdateProfile", {
+                "guest_id": g, "profile": {"bio": "bio %d" % rnd.randrange(1000)},
+                "update_mask": "bio", "expected_version": v["version"]}, svc, dl)
+
+        def context(rpc, rnd, dl):
+            rpc.call("guestd", G, "GetPersonalizationContext", {"guest_id": rnd.choice(guests)},
+                     svc, dl)
+
         def consent(rpc, rnd, dl):
             rpc.call("privacyd", P, "GetConsent", {"guest_id": rnd.choice(guests)}, svc, dl)
 
         return [("GetProfile", profile), ("RecordInteraction", interaction),
                 ("CreateBooking", booking), ("AwardPoints", award), ("Recommend", recommend),
-                ("GetConsent", consent)]
+                ("GetConsent", consent), ("UpdateProfile", update),
+                ("GetPersonalizationContext", context)]
 
     # -- invariants
 
