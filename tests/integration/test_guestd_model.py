@@ -547,6 +547,77 @@ class GuestModel(hmtest.TestCase):
                                   "AND position('Fits'::bytea in fields_enc) > 0"
                                   % g.guest_id), "0")
 
+    def test_app_profile_pull_and_errors(self):
+        g = self.new_guest(name="Pull Me")
+        code, _ = self.code_of(self.rpc, "GetAppProfile", self.pb.GetAppProfileRequest(
+            guest_id=g.guest_id, app=self.dom.APP_BOOKING))
+        self.assertEqual(code, self.grpc.StatusCode.NOT_FOUND)
+        code, msg = self.code_of(self.rpc, "UpdateAppProfile", self.pb.UpdateAppProfileRequest(
+            guest_id=g.guest_id, app=self.dom.APP_BOOKING, app_profile=self.pb.AppProfile(),
+            update_mask=self.fm.FieldMask(paths=["fields.guest_name"]), expected_version=3))
+        self.assertEqual(code, self.grpc.StatusCode.ABORTED)
+        self.assertIn("does not exist yet", msg)
+        code, msg = self.code_of(self.rpc, "UpdateAppProfile", self.pb.UpdateAppProfileRequest(
+            guest_id=g.guest_id, app=self.dom.APP_BOOKING, app_profile=self.pb.AppProfile(),
+            update_mask=self.fm.FieldMask(paths=["nickname"]), expected_version=0))
+        self.assertEqual(code, self.grpc.StatusCode.INVALID_ARGUMENT)
+        code, msg = self.code_of(self.rpc, "UpdateAppProfile", self.pb.UpdateAppProfileRequest(
+            guest_id=g.guest_id, app=self.dom.APP_BOOKING,
+            app_profile=self.pb.AppProfile(fields={"contact_phone": "not a phone"}),
+            update_mask=self.fm.FieldMask(paths=["fields.contact_phone"]), expected_version=0))
+        self.assertEqual(code, self.grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("phone", msg)
+        # the booking app holds a phone the unified profile lacks: pulling takes it over
+        self.rpc("UpdateAppProfile", self.pb.UpdateAppProfileRequest(
+            guest_id=g.guest_id, app=self.dom.APP_BOOKING,
+            app_profile=self.pb.AppProfile(fields={"guest_name": "Pull Me"}),
+            update_mask=self.fm.FieldMask(paths=["fields.guest_name"]), expected_version=0))
+        r = self.rpc("SyncAppProfiles", self.pb.SyncAppProfilesRequest(
+            guest_id=g.guest_id, direction=self.pb.SYNC_DIRECTION_FROM_APP,
+            source_app=self.dom.APP_BOOKING, apps=[self.dom.APP_WEB]))
+        self.assertEqual(r.profile.name, "Pull Me")
+        self.assertEqual(r.results[0].app, self.dom.APP_WEB)
+        self.assertEqual(r.results[0].app_profile.fields["display_name"], "Pull Me")
+        code, _ = self.code_of(self.rpc, "SyncAppProfiles", self.pb.SyncAppProfilesRequest(
+            guest_id=g.guest_id, direction=self.pb.SYNC_DIRECTION_FROM_APP))
+        self.assertEqual(code, self.grpc.StatusCode.INVALID_ARGUMENT)
+        code, _ = self.code_of(self.rpc, "SyncAppProfiles", self.pb.SyncAppProfilesRequest(
+            guest_id=g.guest_id, direction=self.pb.SYNC_DIRECTION_FROM_APP,
+            source_app=self.dom.APP_GAMIFICATION))
+        self.assertEqual(code, self.grpc.StatusCode.NOT_FOUND)
+
+    def test_unknown_guests_and_bad_ids(self):
+        ghost = str(uuid.uuid4())
+        for method, req in [
+                ("GetProfile", self.pb.GetProfileRequest(guest_id=ghost)),
+                ("GetPreferences", self.pb.GetPreferencesRequest(guest_id=ghost)),
+                ("ListInteractions", self.pb.ListInteractionsRequest(guest_id=ghost)),
+                ("GetSegments", self.pb.GetSegmentsRequest(guest_id=ghost)),
+                ("GetBehaviorSignals", self.pb.GetBehaviorSignalsRequest(guest_id=ghost)),
+                ("GetPersonalizationContext",
+                 self.pb.GetPersonalizationContextRequest(guest_id=ghost)),
+                ("RecordInteraction", self.pb.RecordInteractionRequest(
+                    guest_id=ghost, interaction=self.pb.Interaction(
+                        type=self.dom.INTERACTION_TYPE_VIEW))),
+                ("MergeGuests", self.pb.MergeGuestsRequest(guest_id=ghost,
+                                                           source_guest_ids=[str(uuid.uuid4())])),
+        ]:
+            code, msg = self.code_of(self.rpc, method, req)
+            self.assertEqual(code, self.grpc.StatusCode.NOT_FOUND, method)
+            with self.subTest(method=method):
+                bad = type(req)()
+                bad.CopyFrom(req)
+                bad.guest_id = "42"
+                code, msg = self.code_of(self.rpc, method, bad)
+                self.assertEqual(code, self.grpc.StatusCode.INVALID_ARGUMENT, method)
+                self.assertIn("guest_id", msg)
+        code, _ = self.code_of(self.rpc, "ResolveIdentity", self.pb.ResolveIdentityRequest(
+            identifiers=[self.email("nobody-%s@example.com" % uuid.uuid4().hex[:6])]))
+        self.assertEqual(code, self.grpc.StatusCode.NOT_FOUND)  # create_if_missing unset
+        code, _ = self.code_of(self.rpc, "ListInteractions", self.pb.ListInteractionsRequest(
+            guest_id=ghost, page=self.com.PageRequest(page_token="garbage")))
+        self.assertEqual(code, self.grpc.StatusCode.INVALID_ARGUMENT)
+
     # -- privacy
 
     def test_export_then_erase_leaves_nothing(self):
