@@ -180,7 +180,9 @@ static const hm_stmt_t st_lists_anon[] = {
 };
 static const char *const list_names[] = {"recommendation_history", "feedback"};
 static const hm_stmt_t st_erased = {
-    "rc_e_mark", "INSERT INTO rc_erased_guests (guest_id) VALUES ($1::uuid) ON CONFLICT DO NOTHING",
+    "rc_e_mark",
+    "INSERT INTO rc_erased_guests (guest_hash) VALUES (encode(sha256(convert_to($1, "
+    "'UTF8')), 'hex')) ON CONFLICT DO NOTHING",
     1};
 static const hm_stmt_t st_keep_receipt = {
     "rc_keep_receipt",

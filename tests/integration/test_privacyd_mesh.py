@@ -39,10 +39,10 @@ P_CONFIRMED, P_RETRYING = 3, 4
 PERSONALIZATION, MARKETING_EMAIL = 1, 2
 GRANTED, WITHDRAWN = 1, 3
 # Tables that keep the erased guest's id on purpose, by daemon: the participants' own records of
-# the erasure (their idempotency receipts) and recommenderd's list of erased guests that its
-# offline trainer skips. privacyd itself keeps only the id's hash.
+# the erasure (their idempotency receipts). privacyd itself keeps only the id's hash (so does
+# recommenderd's list of erased guests that its offline trainer skips).
 RETAINED = {"bookingd": {"bk_erasures"}, "guestd": {"guest_erasures"},
-            "recommenderd": {"rc_erasures", "rc_erased_guests"}}
+            "recommenderd": {"rc_erasures"}}
 
 
 class PrivacyMesh(hmtest.TestCase):
