@@ -66,7 +66,6 @@ class PrivacyMesh(hmtest.TestCase):
                "HM_PRIVACY_PARTICIPANT_TIMEOUT": "3s", "HM_BOOKING_PARTNER_TIMEOUT": "3s"}
         names = [n for n in hmmesh.DAEMON_NAMES if os.environ.get("HM_TEST_%s_EXE" % n.upper())]
         cls.m = hmmesh.MeshStack(names, extra_env=env)
-        cls.m.pg = RoomyCluster()
         cls.m.start()
         cls.admin = hmtest.auth_md()
         cls.staff = hmtest.auth_md("staff-1", roles=("staff",))
@@ -351,18 +350,6 @@ class PrivacyMesh(hmtest.TestCase):
             if kv.get("type") == "guest.data.deleted" and g in (kv.get("env") or ""):
                 return True
         return False
-
-
-class RoomyCluster(hmmesh.PostgresCluster):
-    """MeshStack's cluster with room for five daemons' connections (workers, tasks, consumer,
-    relay) and the test's psql: its default of 20 is too few for the whole mesh."""
-
-    def start(self):
-        opts = ("-k %s -p %d -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=80"
-                % (self.sock, self.port))
-        self._run([hmmesh.PG_BIN + "/pg_ctl", "-D", self.data, "-o", opts, "-l",
-                   os.path.join(self.dir, "log"), "-w", "-t", "30", "start"])
 
 
 def tables_holding(sql, needle, skip=()):
