@@ -492,20 +492,21 @@ static const hm_stmt_t st_graph_items = {
                                                                                "target LIMIT "
                                                                                "$2::int",
     2};
+/* Cosine over sets of bought items and interests, among the 200 guests sharing the most. */
 static const hm_stmt_t st_similar_users = {
     "rc_similar_users",
     "WITH mine AS (SELECT DISTINCT item_id k FROM rc_events WHERE guest_id = $1::uuid AND type IN "
     "(6, 7, 8) AND item_id <> '' UNION SELECT 'interest:' || category || ':' || value FROM "
-    "rc_interests WHERE guest_id = $1::uuid), other AS (SELECT DISTINCT guest_id g, item_id k "
-    "FROM rc_events WHERE type IN (6, 7, 8) AND item_id IN (SELECT k FROM mine) AND guest_id <> "
-    "$1::uuid UNION SELECT guest_id, 'interest:' || category || ':' || value FROM rc_interests "
-    "WHERE 'interest:' || category || ':' || value IN (SELECT k FROM mine) AND guest_id <> "
-    "$1::uuid), common AS (SELECT g, count(*) c, array_agg(substr(k, 10) ORDER BY k) FILTER "
-    "(WHERE k LIKE 'interest:%') ci FROM other GROUP BY g) SELECT g::text, c / sqrt((SELECT "
-    "count(*) FROM mine) * ((SELECT count(DISTINCT item_id) FROM rc_events WHERE guest_id = "
-    "common.g AND type IN (6, 7, 8) AND item_id <> '') + (SELECT count(*) FROM rc_interests "
-    "WHERE guest_id = common.g))), coalesce(ci, '{}') FROM common ORDER BY 2 DESC, 1 LIMIT "
-    "$2::int",
+    "rc_interests WHERE guest_id = $1::uuid), other AS (SELECT DISTINCT e.guest_id g, e.item_id "
+    "k FROM mine m JOIN rc_events e ON e.item_id = m.k AND e.type IN (6, 7, 8) AND e.item_id <> "
+    "'' WHERE e.guest_id <> $1::uuid UNION SELECT guest_id, 'interest:' || category || ':' || "
+    "value FROM rc_interests WHERE 'interest:' || category || ':' || value IN (SELECT k FROM "
+    "mine) AND guest_id <> $1::uuid), common AS (SELECT g, count(*) c, array_agg(substr(k, 10) "
+    "ORDER BY k) FILTER (WHERE k LIKE 'interest:%') ci FROM other GROUP BY g ORDER BY 2 DESC, 1 "
+    "LIMIT 200) SELECT g::text, c / sqrt((SELECT count(*) FROM mine) * ((SELECT count(DISTINCT "
+    "item_id) FROM rc_events WHERE guest_id = common.g AND type IN (6, 7, 8) AND item_id <> '') + "
+    "(SELECT count(*) FROM rc_interests WHERE guest_id = common.g))), coalesce(ci, '{}') FROM "
+    "common ORDER BY 2 DESC, 1 LIMIT $2::int",
     2};
 
 static Hospitality__Recommender__V1__GraphNode *node(hm_arena_t *a, const char *id, int type,

@@ -128,10 +128,10 @@ int load_history(hm_call_t *call, const char *guest, history_t *h)
 
 static const hm_stmt_t st_popular = {
     "rc_popular",
-    "SELECT p.item_id, exp(p.ln_score - max(p.ln_score) OVER ()), i.category FROM rc_popularity "
-    "p JOIN rc_items i USING (item_id) WHERE NOT i.hidden AND (cardinality($1::text[]) = 0 OR "
-    "i.category = ANY($1::text[])) AND ($2::smallint = 0 OR i.app = $2::smallint) ORDER BY "
-    "p.ln_score DESC LIMIT $3::int",
+    "SELECT p.item_id, exp(p.ln_score - (SELECT max(ln_score) FROM rc_popularity)), i.category "
+    "FROM rc_popularity p JOIN rc_items i USING (item_id) WHERE NOT i.hidden AND "
+    "(cardinality($1::text[]) = 0 OR i.category = ANY($1::text[])) AND ($2::smallint = 0 OR "
+    "i.app = $2::smallint) ORDER BY p.ln_score DESC LIMIT $3::int",
     3};
 
 int strat_popularity(hm_call_t *call, cands_t *c, const char *cats, int app, int limit)
@@ -277,14 +277,10 @@ static void strat_mf(hm_call_t *call, const rec_model_t *m, const history_t *h, 
 static const hm_stmt_t st_content = {
     "rc_content",
     "WITH a AS (SELECT key, score * exp(-extract(epoch FROM now() - updated_at) / $2::float8) s "
-    "FROM rc_affinity WHERE guest_id = $1::uuid ORDER BY 2 DESC LIMIT 30), m AS (SELECT "
-    "i.item_id, a.s, a.key FROM a JOIN rc_items i ON i.category = substr(a.key, 10) WHERE a.key "
-    "LIKE 'category:%' UNION ALL SELECT i.item_id, a.s, a.key FROM a JOIN rc_items i ON i.tags "
-    "@> ARRAY[substr(a.key, 5)] WHERE a.key LIKE 'tag:%' UNION ALL SELECT i.item_id, a.s, a.key "
-    "FROM a JOIN rc_items i ON i.attributes @> jsonb_build_object(split_part(a.key, ':', 1), "
-    "substr(a.key, length(split_part(a.key, ':', 1)) + 2)) WHERE a.key NOT LIKE 'category:%' AND "
-    "a.key NOT LIKE 'tag:%') SELECT item_id, sum(s), (array_agg(key ORDER BY s DESC))[1] FROM m "
-    "GROUP BY item_id ORDER BY 2 DESC, 1 LIMIT 300",
+    "FROM rc_affinity WHERE guest_id = $1::uuid ORDER BY 2 DESC LIMIT 20) SELECT k.item_id, "
+    "sum(a.s), (array_agg(a.key ORDER BY a.s DESC))[1] FROM a CROSS JOIN LATERAL (SELECT item_id "
+    "FROM rc_item_keys WHERE key = a.key LIMIT 150) k GROUP BY k.item_id ORDER BY 2 DESC, 1 "
+    "LIMIT 300",
     2};
 
 static int strat_content(hm_call_t *call, const char *guest, cands_t *c)
@@ -307,15 +303,15 @@ static const hm_stmt_t st_graph = {
     "WITH mine AS (SELECT item_id, sum(weight) w FROM rc_events WHERE guest_id = $1::uuid AND "
     "type IN (6, 7, 8) AND item_id <> '' GROUP BY item_id ORDER BY 2 DESC LIMIT 50), peers AS "
     "(SELECT e.guest_id, sum(e.weight * m.w) s, (array_agg(m.item_id ORDER BY e.weight * m.w "
-    "DESC))[1] via FROM rc_events e JOIN mine m USING (item_id) WHERE e.type IN (6, 7, 8) AND "
-    "e.guest_id <> $1::uuid GROUP BY e.guest_id ORDER BY 2 DESC LIMIT 100), walk AS (SELECT "
-    "e.item_id, sum(p.s * e.weight) s, (array_agg(p.via ORDER BY p.s DESC))[1] via FROM rc_events "
-    "e JOIN peers p USING (guest_id) WHERE e.type IN (6, 7, 8) AND e.item_id <> '' GROUP BY "
-    "e.item_id), comp AS (SELECT r.related_id item_id, sum(r.weight * m.w) * 5 s, "
-    "(array_agg(r.item_id ORDER BY r.weight * m.w DESC))[1] via FROM rc_item_relations r JOIN "
-    "mine m USING (item_id) WHERE r.type = 1 GROUP BY r.related_id) SELECT item_id, sum(s), "
-    "(array_agg(via ORDER BY s DESC))[1] FROM (SELECT * FROM walk UNION ALL SELECT * FROM comp) x "
-    "GROUP BY item_id ORDER BY 2 DESC, 1 LIMIT 300",
+    "DESC))[1] via FROM mine m JOIN rc_events e ON e.item_id = m.item_id AND e.type IN (6, 7, 8) "
+    "AND e.item_id <> '' WHERE e.guest_id <> $1::uuid GROUP BY e.guest_id ORDER BY 2 DESC LIMIT "
+    "100), walk AS (SELECT e.item_id, sum(p.s * e.weight) s, (array_agg(p.via ORDER BY p.s "
+    "DESC))[1] via FROM peers p JOIN rc_events e ON e.guest_id = p.guest_id AND e.type IN (6, 7, "
+    "8) AND e.item_id <> '' GROUP BY e.item_id), comp AS (SELECT r.related_id item_id, "
+    "sum(r.weight * m.w) * 5 s, (array_agg(r.item_id ORDER BY r.weight * m.w DESC))[1] via FROM "
+    "rc_item_relations r JOIN mine m USING (item_id) WHERE r.type = 1 GROUP BY r.related_id) "
+    "SELECT item_id, sum(s), (array_agg(via ORDER BY s DESC))[1] FROM (SELECT * FROM walk UNION "
+    "ALL SELECT * FROM comp) x GROUP BY item_id ORDER BY 2 DESC, 1 LIMIT 300",
     1};
 
 static int strat_graph(hm_call_t *call, const char *guest, const history_t *h, cands_t *c)
@@ -590,10 +586,18 @@ static const hm_stmt_t st_save = {
     "$5, $6::boolean, $7::smallint, $8::text[], $9)",
     9};
 
+static const hm_stmt_t st_async_commit = {
+    "rc_async_commit", "SELECT set_config('synchronous_commit', 'off', true)", 0};
+
 static int save_fn(hm_db_t *db, void *arg)
 {
     save_tx_t *t = arg;
     hm_arena_t *a = &t->call->arena;
+    /* a served list and its event are analytics: this transaction does not wait for the WAL
+     * flush (atomic still; a crash may lose the last few hundred milliseconds of them) */
+    int rc0 = hm_db_exec(db, &st_async_commit, NULL, NULL, NULL, NULL);
+    if (rc0 != 0)
+        return rc0;
     Hospitality__Recommender__V1__RecommendationRecord rec =
         HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_RECORD__INIT;
     rec.recommendation_id = (char *)t->rec_id;

@@ -23,6 +23,8 @@
 
 #define T(x)       HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT_TYPE__TRACKED_EVENT_TYPE_##x
 #define TS_US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
+static int item_keys(hm_db_t *db, hm_arena_t *a, const char *item);
+
 /* Popularity's reference epoch (2026-01-01T00:00:00Z), seconds. */
 #define REC_T0 1767225600.0
 
@@ -273,12 +275,10 @@ static const hm_stmt_t st_feat_add = {
 /* The item's category, tags and attributes become the guest's decayed affinities. */
 static const hm_stmt_t st_aff_add = {
     "rc_aff_add",
-    "INSERT INTO rc_affinity AS a (guest_id, key, score) SELECT $1::uuid, k, $3::float8 FROM "
-    "(SELECT 'category:' || category AS k FROM rc_items WHERE item_id = $2 AND category <> '' "
-    "UNION SELECT 'tag:' || unnest(tags) FROM rc_items WHERE item_id = $2 UNION SELECT e.key || "
-    "':' || e.value FROM rc_items, jsonb_each_text(attributes) e WHERE item_id = $2) keys ON "
-    "CONFLICT (guest_id, key) DO UPDATE SET score = a.score * exp(-extract(epoch FROM now() - "
-    "a.updated_at) / $4::float8) + excluded.score, updated_at = now()",
+    "INSERT INTO rc_affinity AS a (guest_id, key, score) SELECT $1::uuid, key, $3::float8 FROM "
+    "rc_item_keys WHERE item_id = $2 ON CONFLICT (guest_id, key) DO UPDATE SET score = a.score * "
+    "exp(-extract(epoch FROM now() - a.updated_at) / $4::float8) + excluded.score, updated_at = "
+    "now()",
     4};
 
 static double tau_s(void)
@@ -587,7 +587,8 @@ static int ingest_fn(hm_db_t *db, void *arg)
     for (size_t i = 0; i < req->n_purchases; i++) {
         const Hospitality__Recommender__V1__Purchase *p = req->purchases[i];
         const char *sp[2] = {p->item_id, p->category ? p->category : ""};
-        if ((rc = hm_db_exec_arena(db, a, &st_item_stub, sp, NULL, NULL, NULL)) != 0)
+        if ((rc = hm_db_exec_arena(db, a, &st_item_stub, sp, NULL, NULL, NULL)) != 0 ||
+            (rc = item_keys(db, a, p->item_id)) != 0)
             return rc;
         Hospitality__Recommender__V1__TrackedEvent e =
             HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__INIT;
@@ -695,6 +696,24 @@ static const hm_stmt_t st_item_up = {
     "app = excluded.app, venue_id = excluded.venue_id, venue_type = excluded.venue_type, hidden "
     "= excluded.hidden, updated_at = now() RETURNING (xmax = 0)",
     17};
+static const hm_stmt_t st_keys_clear = {"rc_keys_clear",
+                                        "DELETE FROM rc_item_keys WHERE item_id = $1", 1};
+static const hm_stmt_t st_keys_add = {
+    "rc_keys_add",
+    "INSERT INTO rc_item_keys (key, item_id) SELECT k, $1 FROM (SELECT 'category:' || category k "
+    "FROM rc_items WHERE item_id = $1 AND category <> '' UNION SELECT 'tag:' || unnest(tags) FROM "
+    "rc_items WHERE item_id = $1 UNION SELECT e.key || ':' || e.value FROM rc_items, "
+    "jsonb_each_text(attributes) e WHERE item_id = $1) keys ON CONFLICT DO NOTHING",
+    1};
+
+/* Rewrites an item's content keys from its row. */
+static int item_keys(hm_db_t *db, hm_arena_t *a, const char *item)
+{
+    const char *p[1] = {item};
+    int rc = hm_db_exec_arena(db, a, &st_keys_clear, p, NULL, NULL, NULL);
+    return rc ? rc : hm_db_exec_arena(db, a, &st_keys_add, p, NULL, NULL, NULL);
+}
+
 static const hm_stmt_t st_rel_clear = {"rc_rel_clear",
                                        "DELETE FROM rc_item_relations WHERE item_id = $1", 1};
 static const hm_stmt_t st_rel_add = {
@@ -778,7 +797,8 @@ static int items_fn(hm_db_t *db, void *arg)
         else
             t->updated++;
         const char *cp[1] = {it->item_id};
-        if ((rc = hm_db_exec_arena(db, a, &st_rel_clear, cp, NULL, NULL, NULL)) != 0)
+        if ((rc = item_keys(db, a, it->item_id)) != 0 ||
+            (rc = hm_db_exec_arena(db, a, &st_rel_clear, cp, NULL, NULL, NULL)) != 0)
             return rc;
         for (size_t k = 0; k < it->n_relations; k++) {
             const char *rp[4] = {it->item_id, it->relations[k]->item_id,
@@ -1096,11 +1116,9 @@ static const hm_stmt_t st_aff_clear = {"rc_aff_clear",
 static const hm_stmt_t st_aff_rebuild = {
     "rc_aff_rebuild",
     "INSERT INTO rc_affinity (guest_id, key, score, updated_at) SELECT $1::uuid, k, sum(s), now() "
-    "FROM (SELECT k.k, e.weight / 5.0 * exp(-extract(epoch FROM now() - e.occurred_at) / "
-    "$2::float8) s FROM rc_events e JOIN rc_items i USING (item_id) CROSS JOIN LATERAL (SELECT "
-    "'category:' || i.category k WHERE i.category <> '' UNION SELECT 'tag:' || unnest(i.tags) "
-    "UNION SELECT x.key || ':' || x.value FROM jsonb_each_text(i.attributes) x) k WHERE "
-    "e.guest_id = $1::uuid AND e.weight > 0 UNION ALL SELECT k, confidence FROM rc_interests, "
+    "FROM (SELECT k.key k, e.weight / 5.0 * exp(-extract(epoch FROM now() - e.occurred_at) / "
+    "$2::float8) s FROM rc_events e JOIN rc_item_keys k USING (item_id) WHERE e.guest_id = "
+    "$1::uuid AND e.weight > 0 UNION ALL SELECT k, confidence FROM rc_interests, "
     "unnest(ARRAY[category || ':' || value, 'category:' || value, 'tag:' || value]) k WHERE "
     "guest_id = $1::uuid) x GROUP BY k",
     2};
