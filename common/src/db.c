@@ -182,6 +182,9 @@ int hm_db_map_sqlstate(const char *s)
      * USING ERRCODE = 'HM001', e.g. a redemption beyond the balance). */
     if (strcmp(s, "23503") == 0 || strcmp(s, "HM001") == 0)
         return HM_EPRECOND;
+    /* HM002: a daemon's SQL function refusing a change based on a stale version (ABORTED). */
+    if (strcmp(s, "HM002") == 0)
+        return HM_ECONFLICT;
     if (strcmp(s, "23502") == 0 || strcmp(s, "23514") == 0 || strncmp(s, "22", 2) == 0)
         return HM_EINVAL;
     if (strcmp(s, "40001") == 0 || strcmp(s, "40P01") == 0)

@@ -16,7 +16,6 @@ Integration: gamificationd against real Postgres and Redis (issue 9).
 import concurrent.futures
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -28,40 +27,8 @@ import hmtest  # noqa: E402
 SVC = "/hospitality.gamification.v1.GamificationService/"
 
 
-def uuid7():
-    ms = int(time.time() * 1000)
-    b = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
-    b[6] = (b[6] & 0x0F) | 0x70
-    b[8] = (b[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(b)))
-
-
-def redis_cmd(*args):
-    """One Redis command with binary-safe arguments (bytes or str); returns the raw reply."""
-    host, port = hmtest.require_env().redis_addr.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-        s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
-        f = s.makefile("rb")
-
-        def read():
-            line = f.readline().rstrip(b"\r\n")
-            k, rest = line[:1], line[1:]
-            if k == b"+":
-                return rest.decode()
-            if k == b"-":
-                raise AssertionError("redis: " + rest.decode())
-            if k == b":":
-                return int(rest)
-            if k == b"$":
-                n = int(rest)
-                return None if n < 0 else f.read(n + 2)[:-2]
-            if k == b"*":
-                n = int(rest)
-                return None if n < 0 else [read() for _ in range(n)]
-            raise AssertionError("bad reply %r" % line)
-
-        return read()
+uuid7 = hmtest.uuid7
+redis_cmd = hmtest.redis_cmd
 
 
 class Gamification(hmtest.TestCase):

@@ -18,12 +18,7 @@ import hmtest  # noqa: E402
 METHOD = "/hospitality.guest.v1.EventIngestService/PublishEvents"
 
 
-def uuid7():
-    ms = int(time.time() * 1000)
-    b = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
-    b[6] = (b[6] & 0x0F) | 0x70
-    b[8] = (b[8] & 0x3F) | 0x80
-    return str(uuid.UUID(bytes=bytes(b)))
+uuid7 = hmtest.uuid7
 
 
 def redis(*args):

@@ -2,6 +2,7 @@
 """
 run_node.py - runs the @grpc/grpc-js interop tests (grpcjs.test.mjs) against one daemon.
 
+With an argument, runs that test file of tests/interop instead (e.g. guest_journey.test.mjs).
 Starts HM_TEST_DAEMON (executable HM_TEST_DAEMON_EXE) with its own database and ports through
 tests/lib/hmtest.py, runs `node --test grpcjs.test.mjs` with the daemon's address in the
 environment, then stops the daemon with SIGTERM: the test passes when node's tests pass and the
@@ -33,6 +34,7 @@ def main():
         print("tests/interop/node_modules missing: run `npm ci` in tests/interop "
               "(tools/dev setup does)")
         return 1
+    script = sys.argv[1] if len(sys.argv) > 1 else "grpcjs.test.mjs"
     name, exe = hmtest.daemon_under_test()
     d = hmtest.Daemon(name, exe, env={"HM_MAX_MESSAGE_BYTES": str(MAX_MESSAGE)})
     rc = 1
@@ -44,11 +46,14 @@ def main():
             "HM_INTEROP_SERVICES": ",".join(d.services),
             "HM_INTEROP_DAEMON": name,
             "HM_INTEROP_MAX_MESSAGE": str(MAX_MESSAGE),
+            # a service credential for tests that call authenticated methods
+            "HM_INTEROP_TOKEN": hmtest.token("interop-client", roles=("service",)),
+            "HM_INTEROP_PROTO_DIR": os.path.join(os.path.dirname(os.path.dirname(HERE)), "proto"),
             "NODE_PATH": os.path.join(HERE, "node_modules"),
         })
         t0 = time.monotonic()
         r = subprocess.run([node, "--test", "--test-reporter=spec",
-                            os.path.join(HERE, "grpcjs.test.mjs")],
+                            os.path.join(HERE, script)],
                            cwd=HERE, env=env, stdin=subprocess.DEVNULL, timeout=240)
         print("node --test exited %d after %.1f s" % (r.returncode, time.monotonic() - t0))
         rc = 0 if r.returncode == 0 else 1

@@ -50,6 +50,7 @@ import threading
 import time
 import unittest
 import urllib.request
+import uuid
 
 SKIP = 77  # meson's exit code for a skipped test
 # HS256 secret of every daemon this process starts (tests mint their tokens with it).
@@ -741,3 +742,58 @@ def main(extra_env=()):
     if prog.result.skipped and len(prog.result.skipped) == prog.result.testsRun:
         sys.exit(SKIP)
     sys.exit(0 if ok else 1)
+
+
+def uuid7():
+    """A UUIDv7 (time-ordered), as event ids must be."""
+    ms = int(time.time() * 1000)
+    b = bytearray(ms.to_bytes(6, "big") + os.urandom(10))
+    b[6] = (b[6] & 0x0F) | 0x70
+    b[8] = (b[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(b)))
+
+
+def redis_cmd(*args):
+    """One command to the test Redis with binary-safe arguments (bytes or str); the raw reply
+    (bytes, int, str for status replies, lists), AssertionError on an error reply."""
+    host, port = require_env().redis_addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+        s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+        f = s.makefile("rb")
+
+        def read():
+            line = f.readline().rstrip(b"\r\n")
+            k, rest = line[:1], line[1:]
+            if k == b"+":
+                return rest.decode()
+            if k == b"-":
+                raise AssertionError("redis: " + rest.decode())
+            if k == b":":
+                return int(rest)
+            if k == b"$":
+                n = int(rest)
+                return None if n < 0 else f.read(n + 2)[:-2]
+            if k == b"*":
+                n = int(rest)
+                return None if n < 0 else [read() for _ in range(n)]
+            raise AssertionError("bad reply %r" % line)
+
+        return read()
+
+
+def publish_event(etype, msg, subject, source="test", times=1, event_id=None):
+    """Puts an event on its bus stream as the outbox relay would (XADD id/type/env), `times`
+    times with the same id; returns the envelope."""
+    project_protos()
+    from google.protobuf import timestamp_pb2
+    from hospitality.events.v1 import events_pb2
+
+    t = timestamp_pb2.Timestamp()
+    t.GetCurrentTime()
+    env = events_pb2.Event(id=event_id or uuid7(), type=etype, source=source, subject=subject,
+                           time=t, schema_version=1, payload=msg.SerializeToString())
+    for _ in range(times):
+        redis_cmd("XADD", "hm:events:" + etype.split(".")[0], "*", "id", env.id, "type", etype,
+                  "env", env.SerializeToString())
+    return env

@@ -276,13 +276,28 @@ static hm_status_t op_booking(ctx_t *c)
                 &hospitality__booking__v1__create_booking_response__descriptor);
 }
 
+/* privacyd's hot path (other daemons ask it for consent); weight 0: only with --only. */
+static hm_status_t op_consent(ctx_t *c)
+{
+    Hospitality__Privacy__V1__GetConsentRequest r =
+        HOSPITALITY__PRIVACY__V1__GET_CONSENT_REQUEST__INIT;
+    r.guest_id = (char *)guest(c);
+    return call(c, D_PRIVACY, "/hospitality.privacy.v1.PrivacyService/GetConsent", &r.base,
+                &hospitality__privacy__v1__get_consent_response__descriptor);
+}
+
 /* The mix (per mille): read-heavy like DeathStarBench's hotel reservation (search 60%,
  * recommend 39%, login 0.5%, reserve 0.5%), with this mesh's writes given a larger share. */
 static op_t ops[] = {
-    {"GetPersonalizationContext", 300, op_context}, {"Recommend", 300, op_recommend},
-    {"CheckAvailability", 200, op_availability},    {"GetProfile", 100, op_profile},
-    {"RecordInteraction", 40, op_interaction},      {"AwardPoints", 30, op_award},
-    {"GetLeaderboard", 20, op_leaderboard},         {"CreateBooking", 10, op_booking},
+    {"GetPersonalizationContext", 300, op_context},
+    {"Recommend", 300, op_recommend},
+    {"CheckAvailability", 200, op_availability},
+    {"GetProfile", 100, op_profile},
+    {"RecordInteraction", 40, op_interaction},
+    {"AwardPoints", 30, op_award},
+    {"GetLeaderboard", 20, op_leaderboard},
+    {"CreateBooking", 10, op_booking},
+    {"GetConsent", 0, op_consent},
 };
 #define NOPS (sizeof ops / sizeof ops[0])
 
@@ -382,7 +397,7 @@ static int setup(int nwanted)
             return 1;
         }
         guests[nguests++] = strdup(resp->profile->guest_id);
-        if (i % 2 == 0) { /* half the guests consent to personalization */
+        if (i % 2 == 0 && addr[D_PRIVACY]) { /* half the guests consent to personalization */
             Hospitality__Privacy__V1__UpdateConsentRequest u =
                 HOSPITALITY__PRIVACY__V1__UPDATE_CONSENT_REQUEST__INIT;
             Hospitality__Privacy__V1__ConsentChange ch =
@@ -406,7 +421,7 @@ static int setup(int nwanted)
         hm_arena_reset(&c.arena);
     }
     static const char *cats[] = {"italian", "french", "japanese", "dessert", "wine", "spa"};
-    for (int base = 0; base < nitems; base += 250) {
+    for (int base = 0; addr[D_RECOMMENDER] && base < nitems; base += 250) {
         Hospitality__Recommender__V1__UpsertItemsRequest r =
             HOSPITALITY__RECOMMENDER__V1__UPSERT_ITEMS_REQUEST__INIT;
         int n = nitems - base < 250 ? nitems - base : 250;
@@ -469,19 +484,22 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: meshbench [--threads T] [--rate R] [--duration S] [--warmup S] [--guests N] "
-            "[--items N]\n  --rate 0 (default): closed loop with T callers; --rate R: open loop "
-            "at R calls/s over T callers\n");
+            "[--items N] [--only OP] [--random-guests N] [--guest-file F] [--setup-only]\n"
+            "  --rate 0 (default): closed loop with T callers; --rate R: open loop at R calls/s "
+            "over T callers\n  --setup-only: create the guests (and catalogue), print their ids "
+            "and exit; --guest-file F: use the ids in F (one per line) instead of a set-up\n");
 }
 
 int main(int argc, char **argv)
 {
-    static const struct option lo[] = {{"threads", 1, NULL, 't'},  {"rate", 1, NULL, 'r'},
-                                       {"duration", 1, NULL, 'd'}, {"warmup", 1, NULL, 'w'},
-                                       {"guests", 1, NULL, 'g'},   {"items", 1, NULL, 'i'},
-                                       {"only", 1, NULL, 'o'},     {"random-guests", 1, NULL, 'R'},
-                                       {"help", 0, NULL, 'h'},     {NULL, 0, NULL, 0}};
+    static const struct option lo[] = {
+        {"threads", 1, NULL, 't'},    {"rate", 1, NULL, 'r'},          {"duration", 1, NULL, 'd'},
+        {"warmup", 1, NULL, 'w'},     {"guests", 1, NULL, 'g'},        {"items", 1, NULL, 'i'},
+        {"only", 1, NULL, 'o'},       {"random-guests", 1, NULL, 'R'}, {"guest-file", 1, NULL, 'F'},
+        {"setup-only", 0, NULL, 'S'}, {"help", 0, NULL, 'h'},          {NULL, 0, NULL, 0}};
     int nguest_req = 500, random_guests = 0, opt;
-    const char *only = NULL;
+    bool setup_only = false;
+    const char *only = NULL, *guest_file = NULL;
     while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (opt) {
         case 't':
@@ -507,6 +525,12 @@ int main(int argc, char **argv)
             break;
         case 'R':
             random_guests = atoi(optarg);
+            break;
+        case 'F':
+            guest_file = optarg;
+            break;
+        case 'S':
+            setup_only = true;
             break;
         default:
             usage();
@@ -548,7 +572,29 @@ int main(int argc, char **argv)
     hm_uuid_v4(u);
     memcpy(run_tag, u, 8);
     client = hm_client_create(4 * 1024 * 1024);
-    if (random_guests > 0) { /* no set-up: guests are random ids (daemons create on first use) */
+    if (guest_file) { /* guests an earlier --setup-only made */
+        FILE *f = fopen(guest_file, "r");
+        char line[128];
+        if (!f) {
+            fprintf(stderr, "meshbench: %s: cannot open\n", guest_file);
+            return 2;
+        }
+        size_t cap = 1024;
+        guests = calloc(cap, sizeof *guests);
+        while (fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\r\n")] = '\0';
+            if (!hm_uuid_valid(line))
+                continue;
+            if (nguests == cap)
+                guests = realloc(guests, (cap *= 2) * sizeof *guests);
+            guests[nguests++] = strdup(line);
+        }
+        fclose(f);
+        if (nguests == 0) {
+            fprintf(stderr, "meshbench: %s: no guest ids\n", guest_file);
+            return 2;
+        }
+    } else if (random_guests > 0) { /* no set-up: random ids (daemons create on first use) */
         guests = calloc((size_t)random_guests, sizeof *guests);
         for (int i = 0; i < random_guests; i++) {
             guests[i] = malloc(HM_UUID_LEN + 1);
@@ -559,6 +605,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "meshbench: set-up: %d guests, %d items\n", nguest_req, nitems);
         if (setup(nguest_req) != 0)
             return 1;
+        if (setup_only) {
+            for (size_t i = 0; i < nguests; i++)
+                printf("%s\n", guests[i]);
+            return 0;
+        }
     }
 
     ctx_t *ctx = calloc((size_t)nthreads, sizeof *ctx);
