@@ -430,6 +430,7 @@ REC_HANDLER(rec_list_history)
     if (prc != 0)
         return hm_call_invalid(call, prc == -1 ? "page.page_size" : "page.page_token",
                                "page size 0..100 and a token from a previous page");
+    rec_history_flush(call, call->db, a, true); /* lists still queued are history too */
     const Hospitality__Common__V1__TimeRange *tr = req->time_range;
     const char *p[6] = {req->guest_id,
                         rec_p64(a, req->kind),
@@ -731,6 +732,8 @@ REC_HANDLER(rec_submit_feedback)
     const char *p[1] = {fb->recommendation_id};
     PGresult *r;
     int rc = hm_db_exec_arena(call->db, a, &st_fb_rec, p, NULL, NULL, &r);
+    if (rc == 0 && PQntuples(r) == 0 && rec_history_flush(call, call->db, a, true) == 0)
+        rc = hm_db_exec_arena(call->db, a, &st_fb_rec, p, NULL, NULL, &r); /* was queued */
     if (rc != 0)
         return hm_call_fail(call, rc, "load recommendation");
     if (PQntuples(r) == 0)

@@ -120,6 +120,7 @@ REC_HANDLER(rec_export_subject)
     hm_arena_t *a = &call->arena;
     if (!req->guest_id || !hm_uuid_valid(req->guest_id))
         return hm_call_invalid(call, "guest_id", "guest_id must be a UUID");
+    rec_history_flush(call, call->db, a, true);
     Hospitality__Privacy__V1__ExportSubjectDataResponse *resp = hm_arena_alloc(a, sizeof *resp);
     hospitality__privacy__v1__export_subject_data_response__init(resp);
     resp->participant = "recommenderd";
@@ -292,6 +293,7 @@ REC_HANDLER(rec_erase_subject)
     if (!req->request_id || !*req->request_id || strlen(req->request_id) > 128 ||
         !hm_utf8_valid(req->request_id))
         return hm_call_invalid(call, "request_id", "request_id is required");
+    rec_history_flush(call, call->db, &call->arena, true); /* then erased with the rest */
     erase_tx_t t = {call, req, NULL};
     int rc = hm_db_tx(call->db, erase_fn, &t, HM_DB_READ_COMMITTED);
     if (rc != 0)

@@ -500,6 +500,10 @@ class Recommender(RecommenderBase):
         self.assertNotEqual(r1.recommendation_id, r2.recommendation_id)
         self.assertEqual([i.item_id for i in r1.items], [i.item_id for i in r2.items])
         self.assertEqual(r1.generated_at, r2.generated_at)  # served from the cache
+        # the served lists are written in batches: the history-flush task writes them without
+        # any read asking for them
+        self.wait(lambda: self.sql("SELECT count(*) FROM rc_recommendations WHERE guest_id = "
+                                   "'%s'" % g) == "2", "the queued lists written", timeout=3)
         h = self.rpc("ListRecommendationHistory", self.rc.ListRecommendationHistoryRequest(
             guest_id=g), hmtest.auth_md(g, roles=("guest",)))
         self.assertEqual([x.recommendation_id for x in h.records][:2],

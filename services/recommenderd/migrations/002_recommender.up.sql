@@ -25,16 +25,9 @@ CREATE TABLE rc_items (
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX rc_items_category ON rc_items (category);
+CREATE INDEX rc_items_tags ON rc_items USING gin (tags);
+CREATE INDEX rc_items_attributes ON rc_items USING gin (attributes jsonb_path_ops);
 CREATE INDEX rc_items_app ON rc_items (app);
-
--- The catalogue's inverted index: an item's content keys ("category:<c>", "tag:<t>",
--- "<attribute>:<value>"), the same keys as the guests' affinities. Rewritten with the item.
-CREATE TABLE rc_item_keys (
-    key     text NOT NULL,
-    item_id text NOT NULL REFERENCES rc_items ON DELETE CASCADE,
-    PRIMARY KEY (key, item_id)
-);
-CREATE INDEX rc_item_keys_item ON rc_item_keys (item_id);
 
 -- Item -> item edges (COMPLEMENTS = 1, SIMILAR_TO = 2).
 CREATE TABLE rc_item_relations (
@@ -60,12 +53,7 @@ CREATE TABLE rc_events (
     event       bytea       NOT NULL -- packed hospitality.recommender.v1.TrackedEvent
 );
 CREATE INDEX rc_events_guest ON rc_events (guest_id, occurred_at DESC);
-CREATE INDEX rc_events_item ON rc_events (item_id);
--- The graph's PURCHASED edges both ways (index-only scans of the two-hop walk).
-CREATE INDEX rc_events_bought ON rc_events (item_id, guest_id) INCLUDE (weight)
-    WHERE type IN (6, 7, 8) AND item_id <> '';
-CREATE INDEX rc_events_bought_by ON rc_events (guest_id, item_id) INCLUDE (weight)
-    WHERE type IN (6, 7, 8) AND item_id <> '';
+CREATE INDEX rc_events_item ON rc_events (item_id) WHERE item_id <> '';
 
 -- Popularity, time-decayed, kept incrementally as log(sum w * exp((t - t0) / tau)): ranking
 -- by it is ranking by the decayed score at any moment, so it can be indexed.
