@@ -66,6 +66,10 @@ hm_cache_t *rec_thread_cache(void);
  * transaction. *dup set when the event id was stored before. 0 or HM_E*. */
 int rec_store_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Recommender__V1__TrackedEvent *e,
                     const char *source, bool *dup);
+/* The same for a batch, with row locks taken in a fixed order (items, then guests). */
+int rec_store_events(hm_db_t *db, hm_arena_t *a,
+                     Hospitality__Recommender__V1__TrackedEvent *const *ev, size_t n,
+                     const char *source, bool *dup);
 /* Validates an event: NULL, or the reason with *field set. */
 const char *rec_validate_event(const Hospitality__Recommender__V1__TrackedEvent *e,
                                const char **field);

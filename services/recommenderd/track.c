@@ -9,6 +9,7 @@
  * copied to the dead-letter stream hm:dlq:recommenderd.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -276,7 +277,8 @@ static const hm_stmt_t st_feat_add = {
 static const hm_stmt_t st_aff_add = {
     "rc_aff_add",
     "INSERT INTO rc_affinity AS a (guest_id, key, score) SELECT $1::uuid, key, $3::float8 FROM "
-    "rc_item_keys WHERE item_id = $2 ON CONFLICT (guest_id, key) DO UPDATE SET score = a.score * "
+    "rc_item_keys WHERE item_id = $2 ORDER BY key ON CONFLICT (guest_id, key) DO UPDATE SET score "
+    "= a.score * "
     "exp(-extract(epoch FROM now() - a.updated_at) / $4::float8) + excluded.score, updated_at = "
     "now()",
     4};
@@ -286,41 +288,104 @@ static double tau_s(void)
     return (double)rec_cfg.half_life_ms / 1000.0 / log(2.0);
 }
 
-int rec_store_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Recommender__V1__TrackedEvent *e,
-                    const char *source, bool *dup)
+#define IID(e) ((e)->item_id ? (e)->item_id : "")
+static const Hospitality__Recommender__V1__TrackedEvent *const *sort_ev;
+static int cmp_by_item(const void *x, const void *y)
 {
-    int64_t at = e->occurred_at ? hm_timestamp_to_us(e->occurred_at) : hm_now_ms() * 1000;
-    double w = event_weight(e);
-    size_t n = protobuf_c_message_get_packed_size(&e->base);
-    uint8_t *buf = hm_arena_alloc(a, n + 1);
-    protobuf_c_message_pack(&e->base, buf);
-    const char *rating =
-        e->details_case == HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__DETAILS_RATING
-            ? rec_pf(a, e->rating->rating)
-            : NULL;
-    const char *p[9] = {
-        e->event_id,      e->guest_id, rec_p64(a, e->type), e->item_id ? e->item_id : "",
-        rec_p64(a, at),   rating,      rec_pf(a, w),        source,
-        (const char *)buf};
-    int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)n}, fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
-    PGresult *r;
-    int rc = hm_db_exec_arena(db, a, &st_event_ins, p, lens, fmts, &r);
-    if (rc != 0)
-        return rc;
-    *dup = PQntuples(r) == 0;
-    if (*dup)
-        return 0;
-    if (w > 0 && e->item_id && e->item_id[0]) {
+    const Hospitality__Recommender__V1__TrackedEvent *a = sort_ev[*(const size_t *)x],
+                                                     *b = sort_ev[*(const size_t *)y];
+    int c = strcmp(IID(a), IID(b));
+    return c ? c : strcmp(a->guest_id, b->guest_id);
+}
+static int cmp_by_guest(const void *x, const void *y)
+{
+    const Hospitality__Recommender__V1__TrackedEvent *a = sort_ev[*(const size_t *)x],
+                                                     *b = sort_ev[*(const size_t *)y];
+    int c = strcmp(a->guest_id, b->guest_id);
+    return c ? c : strcmp(IID(a), IID(b));
+}
+
+/*
+ * Stores events in the open transaction in three phases, each in a fixed order, so that
+ * concurrent batches take their row locks in the same order (no deadlocks between batches of
+ * different guests): the events themselves, then the items' popularity (by item id), then the
+ * guests' affinities and features (by guest id).
+ */
+int rec_store_events(hm_db_t *db, hm_arena_t *a,
+                     Hospitality__Recommender__V1__TrackedEvent *const *ev, size_t n,
+                     const char *source, bool *dup)
+{
+    size_t *order = hm_arena_alloc(a, (n + 1) * sizeof *order), nn = 0;
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        const Hospitality__Recommender__V1__TrackedEvent *e = ev[i];
+        int64_t at = e->occurred_at ? hm_timestamp_to_us(e->occurred_at) : hm_now_ms() * 1000;
+        size_t len = protobuf_c_message_get_packed_size(&e->base);
+        uint8_t *buf = hm_arena_alloc(a, len + 1);
+        protobuf_c_message_pack(&e->base, buf);
+        const char *rating =
+            e->details_case == HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__DETAILS_RATING
+                ? rec_pf(a, e->rating->rating)
+                : NULL;
+        const char *p[9] = {e->event_id,      e->guest_id, rec_p64(a, e->type),        IID(e),
+                            rec_p64(a, at),   rating,      rec_pf(a, event_weight(e)), source,
+                            (const char *)buf};
+        int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)len}, fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+        PGresult *r;
+        if ((rc = hm_db_exec_arena(db, a, &st_event_ins, p, lens, fmts, &r)) != 0)
+            return rc;
+        dup[i] = PQntuples(r) == 0;
+        if (!dup[i])
+            order[nn++] = i;
+    }
+    sort_ev = (const Hospitality__Recommender__V1__TrackedEvent *const *)ev;
+    static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&sort_lock); /* qsort has no context argument in C17 */
+    sort_ev = (const Hospitality__Recommender__V1__TrackedEvent *const *)ev;
+    qsort(order, nn, sizeof *order, cmp_by_item);
+    pthread_mutex_unlock(&sort_lock);
+    for (size_t k = 0; k < nn; k++) {
+        const Hospitality__Recommender__V1__TrackedEvent *e = ev[order[k]];
+        double w = event_weight(e);
+        if (!(w > 0) || !IID(e)[0])
+            continue;
+        int64_t at = e->occurred_at ? hm_timestamp_to_us(e->occurred_at) : hm_now_ms() * 1000;
         const char *pp[4] = {e->item_id, rec_pf(a, w), rec_pf(a, (double)at / 1e6),
                              rec_pf(a, tau_s())};
         if ((rc = hm_db_exec_arena(db, a, &st_pop_add, pp, NULL, NULL, NULL)) != 0)
             return rc;
-        const char *ap[4] = {e->guest_id, e->item_id, rec_pf(a, w / 5.0), rec_pf(a, tau_s())};
-        if ((rc = hm_db_exec_arena(db, a, &st_aff_add, ap, NULL, NULL, NULL)) != 0)
+    }
+    pthread_mutex_lock(&sort_lock);
+    sort_ev = (const Hospitality__Recommender__V1__TrackedEvent *const *)ev;
+    qsort(order, nn, sizeof *order, cmp_by_guest);
+    pthread_mutex_unlock(&sort_lock);
+    for (size_t k = 0; k < nn; k++) {
+        const Hospitality__Recommender__V1__TrackedEvent *e = ev[order[k]];
+        double w = event_weight(e);
+        int64_t at = e->occurred_at ? hm_timestamp_to_us(e->occurred_at) : hm_now_ms() * 1000;
+        if (w > 0 && IID(e)[0]) {
+            const char *ap[4] = {e->guest_id, e->item_id, rec_pf(a, w / 5.0), rec_pf(a, tau_s())};
+            if ((rc = hm_db_exec_arena(db, a, &st_aff_add, ap, NULL, NULL, NULL)) != 0)
+                return rc;
+        }
+        const char *rating =
+            e->details_case == HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__DETAILS_RATING
+                ? rec_pf(a, e->rating->rating)
+                : NULL;
+        const char *fp[4] = {e->guest_id, hm_arena_printf(a, "%d", e->type), rec_p64(a, at),
+                             rating};
+        if ((rc = hm_db_exec_arena(db, a, &st_feat_add, fp, NULL, NULL, NULL)) != 0)
             return rc;
     }
-    const char *fp[4] = {e->guest_id, hm_arena_printf(a, "%d", e->type), rec_p64(a, at), rating};
-    return hm_db_exec_arena(db, a, &st_feat_add, fp, NULL, NULL, NULL);
+    return 0;
+}
+
+int rec_store_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Recommender__V1__TrackedEvent *e,
+                    const char *source, bool *dup)
+{
+    Hospitality__Recommender__V1__TrackedEvent *one[1] = {
+        (Hospitality__Recommender__V1__TrackedEvent *)e};
+    return rec_store_events(db, a, one, 1, source, dup);
 }
 
 /* Copies a refused event to the dead-letter stream with the reason (best effort). */
@@ -355,12 +420,7 @@ typedef struct track_tx {
 static int track_fn(hm_db_t *db, void *arg)
 {
     track_tx_t *t = arg;
-    for (size_t i = 0; i < t->n; i++) {
-        int rc = rec_store_event(db, &t->call->arena, t->ev[i], "api", &t->dup[i]);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return rec_store_events(db, &t->call->arena, t->ev, t->n, "api", t->dup);
 }
 
 /* Fills defaults (id, time), stores the events in one transaction and drops the guests'

@@ -279,6 +279,28 @@ class Recommender(RecommenderBase):
             events=[self.event(g, 1, "tv-1") for _ in range(501)]), self.staff)
         self.assertEqual(e.code().name, "INVALID_ARGUMENT")
 
+    def test_concurrent_batches_on_shared_items(self):
+        # 6 batches at once, each of other guests, all on the same 15 items in random orders:
+        # row locks are taken in a fixed order, so no batch fails on a deadlock
+        import concurrent.futures as cf
+        import random as rnd_mod
+        p = "cc" + uuid.uuid4().hex[:4]
+        ids = ["%s-%d" % (p, i) for i in range(15)]
+        self.items(*[self.item(i, p + "_c", tags=["t1", "t2"]) for i in ids])
+        rnd = rnd_mod.Random(5)
+        batches = []
+        for b in range(6):
+            guests = [str(uuid.uuid4()) for _ in range(10)]
+            evs = [self.event(g, self.rc.TRACKED_EVENT_TYPE_PURCHASE, rnd.choice(ids))
+                   for g in guests for _ in range(15)]
+            rnd.shuffle(evs)
+            batches.append(evs)
+        with cf.ThreadPoolExecutor(max_workers=6) as pool:
+            res = list(pool.map(lambda evs: self.track(*evs), batches))
+        self.assertEqual([r.accepted_count for r in res], [150] * 6)
+        self.assertEqual(self.sql("SELECT sum(events) FROM rc_popularity WHERE item_id LIKE '%s-%%'"
+                                  % p), "900")
+
     def test_bus_events_stored_exactly_once(self):
         g = str(uuid.uuid4())
         b = self.bev.BookingSummary(booking_id=str(uuid.uuid4()), guest_id=g,
