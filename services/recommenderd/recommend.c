@@ -685,7 +685,9 @@ static const hm_stmt_t st_save_pending = {
     "INSERT INTO rc_recommendations (recommendation_id, guest_id, kind, strategy, model_version, "
     "personalized, app, record, served_at) SELECT $1::uuid, $2::uuid, 1, $3::smallint, $4, "
     "$5::boolean, $6::smallint, $7, to_timestamp($8::bigint / 1e6) WHERE NOT EXISTS (SELECT 1 "
-    "FROM rc_erased_guests WHERE guest_id = $2::uuid) RETURNING 1",
+    "FROM rc_erased_guests WHERE guest_hash = encode(sha256(convert_to($2::uuid::text, 'UTF8')), "
+    "'hex')) "
+    "RETURNING 1",
     8};
 
 typedef struct flush_tx {

@@ -780,8 +780,14 @@ class Recommender(RecommenderBase):
             self.assertEqual(self.sql("SELECT count(*) FROM %s WHERE guest_id = '%s'" % (t, g)),
                              "0", t)
         self.assertEqual(keys(), [])
-        self.assertEqual(self.sql("SELECT count(*) FROM rc_erased_guests WHERE guest_id = '%s'"
-                                  % g), "1")
+        self.assertEqual(self.sql("SELECT count(*) FROM rc_erased_guests WHERE guest_hash = "
+                                  "encode(sha256('%s'::bytea), 'hex')" % g), "1")
+        # no table names the guest any more (receipts and the erased list hold the hash)
+        for t in ("rc_erasures", "rc_erased_guests"):
+            self.assertEqual(self.sql("SELECT count(*) FROM %s t WHERE t::text LIKE '%%%s%%'"
+                                      % (t, g)), "0", t)
+        self.assertEqual(self.sql("SELECT count(*) FROM rc_erasures WHERE "
+                                  "encode(receipt, 'escape') LIKE '%%%s%%'" % g), "0")
         again = era(self.pv.EraseSubjectDataRequest(request_id="e1", guest_id=g),
                     metadata=self.svc, timeout=10).receipt
         self.assertEqual(again.receipt_id, rc.receipt_id)
