@@ -59,7 +59,7 @@ class PostgresCluster:
 
     def start(self):
         opts = ("-k %s -p %d -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=20"
+                "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=100"
                 % (self.sock, self.port))
         self._run([PG_BIN + "/pg_ctl", "-D", self.data, "-o", opts, "-l",
                    os.path.join(self.dir, "log"), "-w", "-t", "30", "start"])
@@ -199,7 +199,7 @@ class MeshStack:
             d.extra_env.update({"HM_REDIS_ADDR": self.redis.addr,
                                 "HM_SERVICE_TOKEN": hmtest.token(n, roles=("service",),
                                                                  ttl=24 * 3600),
-                                "HM_PRIVACY_PARTICIPANTS": ",".join(self.names)})
+                                "HM_DATA_SUBJECT_PEERS": ",".join(self.names)})
             d.extra_env.update(self.extra_env)
         for d in self.daemons.values():
             d.start()

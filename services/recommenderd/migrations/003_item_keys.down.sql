@@ -1,6 +1,5 @@
--- The hashes of erased guests cannot become ids again: the columns keep the hashes.
+-- Hashes cannot become ids again: the column keeps them.
 ALTER TABLE rc_erasures RENAME COLUMN guest_hash TO guest_id;
-ALTER TABLE rc_erased_guests RENAME COLUMN guest_hash TO guest_id;
 DROP INDEX rc_events_bought_by;
 DROP INDEX rc_events_bought;
 DROP INDEX rc_events_item;

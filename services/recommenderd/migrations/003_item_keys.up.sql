@@ -25,11 +25,8 @@ CREATE INDEX rc_events_bought ON rc_events (item_id, guest_id) INCLUDE (weight)
 CREATE INDEX rc_events_bought_by ON rc_events (guest_id, item_id) INCLUDE (weight)
     WHERE type IN (6, 7, 8) AND item_id <> '';
 
--- Erased guests and erasure receipts are kept by the SHA-256 of the guest id (lower-case hex,
--- as the erasure suppression list), so that no row names an erased guest.
-ALTER TABLE rc_erased_guests RENAME COLUMN guest_id TO guest_hash;
-ALTER TABLE rc_erased_guests ALTER COLUMN guest_hash TYPE text
-    USING encode(sha256(convert_to(guest_hash::text, 'UTF8')), 'hex');
+-- Erasure receipts are kept by the SHA-256 of the guest id too (lower-case hex, as
+-- rc_erased_guests and the erasure suppression list), so that no row names an erased guest.
 ALTER TABLE rc_erasures RENAME COLUMN guest_id TO guest_hash;
 ALTER TABLE rc_erasures ALTER COLUMN guest_hash TYPE text
     USING encode(sha256(convert_to(guest_hash::text, 'UTF8')), 'hex');
