@@ -23,7 +23,8 @@
 #
 # Arguments are passed to the ASan build's `meson test` (e.g. a test name, --suite unit).
 # Knobs: HM_SKIP_SETUP=1, HM_COVERAGE=0|1, HM_COVERAGE_DEADLINE (seconds into the run after which
-# coverage is skipped, default 900), HM_TIMEOUT_MULTIPLIER (meson test -t, default 3),
+# coverage is skipped, default 600: keeps CI under about 20 min on 2 cores; the
+# full suite with coverage took about 25), HM_TIMEOUT_MULTIPLIER (meson test -t, default 3),
 # MESON_TESTTHREADS (parallel tests, meson's default: the number of cores).
 set -uo pipefail
 
@@ -182,7 +183,7 @@ trap 'interrupted 143' TERM
 # coverage (optional, never fails the run)
 
 coverage() {
-	local want=${HM_COVERAGE:-} deadline=${HM_COVERAGE_DEADLINE:-900} out pct
+	local want=${HM_COVERAGE:-} deadline=${HM_COVERAGE_DEADLINE:-600} out pct
 	if [ -z "$want" ]; then
 		if [ "${CI:-}" = true ]; then want=1; else want=0; fi
 	fi
