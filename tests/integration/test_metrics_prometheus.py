@@ -101,8 +101,9 @@ class GuestdMetricsTest(hmtest.TestCase):
         for _ in range(unauth):
             with self.assertRaises(self.grpc.RpcError):
                 self.get(self.pb.GetProfileRequest(guest_id=MISSING), timeout=5)
-        # A call is counted when its final batch completes on the server, which may be just
-        # after the client saw its status: scrape until the last calls are in.
+        # A call is counted, and leaves the in-flight gauge, when its final batch completes on
+        # the server, which may be just after the client saw its status: scrape until the last
+        # calls are in and none is still being served.
         until = time.monotonic() + 5
         while True:
             after = scrape(self.d)
@@ -110,7 +111,9 @@ class GuestdMetricsTest(hmtest.TestCase):
                        value(before, "hm_grpc_requests", method=GUEST + m, code=c)
                        for m, c in (("CreateGuest", "OK"), ("GetProfile", "NOT_FOUND"),
                                     ("GetProfile", "UNAUTHENTICATED")))
-            if seen >= ok_creates + not_found + unauth or time.monotonic() > until:
+            settled = (seen >= ok_creates + not_found + unauth and
+                       value(after, "hm_grpc_inflight_calls") == 0)
+            if settled or time.monotonic() > until:
                 break
             time.sleep(0.05)
 
