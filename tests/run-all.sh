@@ -23,7 +23,8 @@
 #
 # Arguments are passed to the ASan build's `meson test` (e.g. a test name, --suite unit).
 # Knobs: HM_SKIP_SETUP=1, HM_COVERAGE=0|1, HM_COVERAGE_DEADLINE (seconds into the run after which
-# coverage is skipped, default 900), HM_TIMEOUT_MULTIPLIER (meson test -t, default 3),
+# coverage is skipped, default 600: keeps CI under about 20 min on 2 cores; the
+# full suite with coverage took about 25), HM_TIMEOUT_MULTIPLIER (meson test -t, default 3),
 # MESON_TESTTHREADS (parallel tests, meson's default: the number of cores).
 set -uo pipefail
 
@@ -182,7 +183,7 @@ trap 'interrupted 143' TERM
 # coverage (optional, never fails the run)
 
 coverage() {
-	local want=${HM_COVERAGE:-} deadline=${HM_COVERAGE_DEADLINE:-900} out pct
+	local want=${HM_COVERAGE:-} deadline=${HM_COVERAGE_DEADLINE:-600} out pct
 	if [ -z "$want" ]; then
 		if [ "${CI:-}" = true ]; then want=1; else want=0; fi
 	fi
@@ -304,5 +305,40 @@ fi
 
 [ "$asan_ok" = 1 ] && run_tests build-asan --no-suite valgrind --no-suite lint "$@"
 [ "$plain_ok" = 1 ] && run_tests build-test --suite valgrind --suite lint
+
+# A short real libFuzzer run of every target of tests/fuzz (suite 'fuzz'): only on a full run
+# (no selection given) or with HM_FUZZ=1, and only when clang and its libFuzzer runtime are
+# installed (tools/dev setup installs clang and libclang-rt-14-dev). build-fuzz compiles only
+# the fuzz targets and what they link; each fuzzes HM_FUZZ_SECONDS (default 10) after
+# replaying its corpus. HM_FUZZ=0 skips it.
+fuzz_run() {
+	local rt dir=build-fuzz t=$SECONDS targets
+	rt=$(clang -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null) || rt=""
+	if [ ! -f "$rt" ]; then
+		echo "(clang or libFuzzer not installed: no fuzz run)"
+		return 0
+	fi
+	phase "build $dir (clang, libFuzzer): the fuzz targets"
+	if ! CC=clang configure_build "$dir" -Dfuzz=true -Db_sanitize=address,undefined \
+		-Db_lundef=false -Dwerror=true; then
+		step_fail "$dir: meson setup failed"
+		return 1
+	fi
+	mapfile -t targets < <(meson introspect "$dir" --tests | python3 -c '
+import json, sys
+for t in json.load(sys.stdin):
+    if "fuzz" in t["suite"]:
+        print("tests/fuzz/" + t["name"])')
+	if ! meson compile -C "$dir" "${targets[@]}" >"$dir/meson-logs/run-all-compile.log" 2>&1; then
+		grep -E -A4 '(error|warning):' "$dir/meson-logs/run-all-compile.log" | head -n 60 >&2
+		step_fail "$dir: compile failed (log: $dir/meson-logs/run-all-compile.log)"
+		return 1
+	fi
+	echo "$dir: ${#targets[@]} fuzz targets compiled in $((SECONDS - t))s"
+	HM_FUZZ_SECONDS=${HM_FUZZ_SECONDS:-10} run_tests "$dir" --no-rebuild --suite fuzz
+}
+if [ "${HM_FUZZ:-}" = 1 ] || { [ $# -eq 0 ] && [ "${HM_FUZZ:-}" != 0 ]; }; then
+	fuzz_run
+fi
 coverage
 finish

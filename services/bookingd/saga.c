@@ -136,10 +136,17 @@ static int saga_end(hm_db_t *db, const char *saga, const char *state)
     return rc != 0 ? rc : n == 1 ? 0 : HM_ECONFLICT;
 }
 
+/* Always runs, also once the call's deadline has passed: hm_db refuses statements after the
+ * deadline, and a skipped unlock would leave the session lock on the pooled connection, so
+ * recovery would take the saga for alive and never settle it. The handler returns right after
+ * (SAGA_RETURN); the runtime clears the deadline then anyway. */
 static void unlock(hm_db_t *db, const char *saga)
 {
     const char *p[1] = {saga};
-    hm_db_exec(db, &st_saga_unlock, p, NULL, NULL, NULL);
+    hm_db_set_deadline(db, -1);
+    int rc = hm_db_exec(db, &st_saga_unlock, p, NULL, NULL, NULL);
+    if (rc != 0)
+        HM_WARN("saga %s: unlock failed: %s", saga, hm_strerror(rc));
 }
 
 /* ------------------------------------------------------------------------------------------ */

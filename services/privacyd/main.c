@@ -67,6 +67,8 @@ static const hm_method_t methods[] = {
     /* A guest sees only their own requests (checked in the handler). */
     PV(GetRequestStatus, get_request_status, pv_get_request_status, {.roles = HM_ROLES_ANY}),
     PV(ListRequests, list_requests, pv_list_requests, {.roles = HM_ROLE_STAFF}),
+    PV(ExtendRequestDeadline, extend_request_deadline, pv_extend_request_deadline,
+       {.roles = HM_ROLE_STAFF}),
     /* Administrators only (admin is always allowed; no other role is). */
     PV(VerifyAuditLog, verify_audit_log, pv_verify_audit_log, {.roles = 0}),
     PV(PurgeExpiredData, purge_expired_data, pv_purge_expired_data, {.roles = 0}),

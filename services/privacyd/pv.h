@@ -48,6 +48,7 @@ PV_HANDLER(pv_get_data_export);
 PV_HANDLER(pv_request_erasure);
 PV_HANDLER(pv_get_request_status);
 PV_HANDLER(pv_list_requests);
+PV_HANDLER(pv_extend_request_deadline);
 PV_HANDLER(pv_verify_audit_log);
 PV_HANDLER(pv_purge_expired_data);
 PV_HANDLER(pv_export_subject);

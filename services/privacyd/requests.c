@@ -463,3 +463,88 @@ PV_HANDLER(pv_list_requests)
     *out = &resp->base;
     return HM_STATUS_OK;
 }
+
+/* ---- ExtendRequestDeadline ---- */
+
+/* Locks the request and says whether the extension stays within the jurisdiction's total:
+ * GDPR two more months, CCPA 45 days, PIPEDA 30 days beyond the statutory deadline. */
+static const hm_stmt_t st_extend_check = {
+    "pv_extend_check",
+    "SELECT status, pv_us(due_at), due_at + $2::int * interval '1 day' <= received_at + CASE "
+    "jurisdiction WHEN 2 THEN interval '90 days' WHEN 3 THEN interval '60 days' ELSE interval '3 "
+    "months' END, coalesce(guest_id::text, '') FROM pv_requests WHERE request_id = $1::uuid FOR "
+    "UPDATE",
+    2};
+static const hm_stmt_t st_extend = {
+    "pv_extend",
+    "WITH u AS (UPDATE pv_requests SET due_at = due_at + $2::int * interval '1 day', "
+    "overdue_alerted = false WHERE request_id = $1::uuid RETURNING due_at) INSERT INTO "
+    "pv_extensions (request_id, previous_due_at, due_at, reason, actor_type, actor_id) SELECT "
+    "$1::uuid, to_timestamp($3::double precision / 1e6), u.due_at, $4, $5::int, $6 FROM u",
+    6};
+
+typedef struct extend_tx {
+    hm_call_t *call;
+    const Hospitality__Privacy__V1__ExtendRequestDeadlineRequest *req;
+    int outcome; /* 0 ok, 1 not found, 2 finished, 3 beyond the limit */
+} extend_tx_t;
+
+static int extend_fn(hm_db_t *db, void *arg)
+{
+    extend_tx_t *t = arg;
+    hm_arena_t *a = &t->call->arena;
+    const char *p[2] = {t->req->request_id, hm_db_param_int64(a, t->req->extension_days)};
+    PGresult *r;
+    int rc = hm_db_exec_arena(db, a, &st_extend_check, p, NULL, NULL, &r);
+    if (rc != 0)
+        return rc;
+    t->outcome = PQntuples(r) == 0                              ? 1
+                 : pv_i64(r, 0, 0) != 1 && pv_i64(r, 0, 0) != 2 ? 2
+                 : strcmp(pv_str(r, 0, 2), "t") != 0            ? 3
+                                                                : 0;
+    if (t->outcome != 0)
+        return 0;
+    Hospitality__Common__V1__Actor *actor = pv_actor(t->call);
+    const char *ep[6] = {t->req->request_id,
+                         p[1],
+                         pv_str(r, 0, 1),
+                         t->req->reason,
+                         hm_db_param_int64(a, actor->type),
+                         actor->id};
+    if ((rc = hm_db_exec(db, &st_extend, ep, NULL, NULL, NULL)) != 0)
+        return rc;
+    return pv_audit(db, a, actor->type, actor->id, "request.deadline_extended", pv_str(r, 0, 3),
+                    t->req->request_id, hm_arena_printf(a, "days=%d", (int)t->req->extension_days));
+}
+
+PV_HANDLER(pv_extend_request_deadline)
+{
+    const Hospitality__Privacy__V1__ExtendRequestDeadlineRequest *req = (const void *)in;
+    if (!req->request_id || !hm_uuid_valid(req->request_id))
+        return hm_call_invalid(call, "request_id", "request_id must be a UUID");
+    if (req->extension_days < 1 || req->extension_days > 366)
+        return hm_call_invalid(call, "extension_days", "extension_days must be 1..366");
+    if (!req->reason || !*req->reason || strlen(req->reason) > 500 || !hm_utf8_valid(req->reason))
+        return hm_call_invalid(call, "reason", "reason is required (at most 500 characters)");
+    extend_tx_t t = {call, req, 0};
+    int rc = hm_db_tx(call->db, extend_fn, &t, HM_DB_READ_COMMITTED);
+    if (rc != 0)
+        return hm_call_fail(call, rc, "extend deadline");
+    if (t.outcome == 1)
+        return hm_call_error(call, HM_CODE_NOT_FOUND, "NOT_FOUND", "no request %s",
+                             req->request_id);
+    if (t.outcome == 2)
+        return hm_call_error(call, HM_CODE_FAILED_PRECONDITION, "FAILED_PRECONDITION",
+                             "the request is finished");
+    if (t.outcome == 3)
+        return hm_call_error(call, HM_CODE_FAILED_PRECONDITION, "FAILED_PRECONDITION",
+                             "the extension goes beyond what the request's jurisdiction allows");
+    Hospitality__Privacy__V1__ExtendRequestDeadlineResponse *resp =
+        hm_arena_alloc(&call->arena, sizeof *resp);
+    hospitality__privacy__v1__extend_request_deadline_response__init(resp);
+    hm_status_t st = answer(call, req->request_id, &resp->request);
+    if (!hm_status_ok(st))
+        return st;
+    *out = &resp->base;
+    return HM_STATUS_OK;
+}

@@ -188,6 +188,12 @@ static const hm_stmt_t st_load_parts = {
     "request_id = $1::uuid ORDER BY participant",
     1};
 
+static const hm_stmt_t st_load_ext = {
+    "pv_load_ext",
+    "SELECT pv_us(previous_due_at), pv_us(due_at), reason, actor_type, actor_id, "
+    "pv_us(extended_at) FROM pv_extensions WHERE request_id = $1::uuid ORDER BY id",
+    1};
+
 int pv_load_request(hm_db_t *db, hm_arena_t *a, const char *request_id,
                     Hospitality__Privacy__V1__PrivacyRequest **out)
 {
@@ -231,6 +237,23 @@ int pv_load_request(hm_db_t *db, hm_arena_t *a, const char *request_id,
         q->verification = (void *)protobuf_c_message_unpack(
             &hospitality__privacy__v1__erasure_verification__descriptor, hm_arena_pb(a), len, blob);
     q->overdue = strcmp(pv_str(r, 0, 16), "t") == 0;
+    PGresult *er;
+    if ((rc = hm_db_exec_arena(db, a, &st_load_ext, p, NULL, NULL, &er)) != 0)
+        return rc;
+    q->extensions = hm_arena_alloc(a, (size_t)(PQntuples(er) + 1) * sizeof(void *));
+    for (int i = 0; i < PQntuples(er); i++) {
+        Hospitality__Privacy__V1__DeadlineExtension *x = hm_arena_alloc(a, sizeof *x);
+        hospitality__privacy__v1__deadline_extension__init(x);
+        x->previous_due_at = pv_ts(a, er, i, 0);
+        x->due_at = pv_ts(a, er, i, 1);
+        x->reason = hm_arena_strdup(a, pv_str(er, i, 2));
+        x->extended_by = hm_arena_alloc(a, sizeof *x->extended_by);
+        hospitality__common__v1__actor__init(x->extended_by);
+        x->extended_by->type = (int)pv_i64(er, i, 3);
+        x->extended_by->id = hm_arena_strdup(a, pv_str(er, i, 4));
+        x->extended_at = pv_ts(a, er, i, 5);
+        q->extensions[q->n_extensions++] = x;
+    }
     int n = PQntuples(pr);
     q->participants = hm_arena_alloc(a, (size_t)(n + 1) * sizeof(void *));
     for (int i = 0; i < n; i++) {

@@ -82,6 +82,7 @@ static int init(const hm_common_config_t *common, void **app)
 static void fini(void *app)
 {
     (void)app;
+    rec_history_shutdown();
     rec_model_shutdown();
 }
 
@@ -165,6 +166,8 @@ static const hm_daemon_consumer_t consumer = {streams,
                                               rec_handle_event,
                                               true};
 
+static const hm_task_t tasks[] = {{"history-flush", 50, rec_task_flush}};
+
 int main(int argc, char **argv)
 {
     const hm_daemon_t daemon = {
@@ -182,6 +185,8 @@ int main(int argc, char **argv)
         .init = init,
         .fini = fini,
         .consumer = &consumer,
+        .tasks = tasks,
+        .ntasks = 1,
         .data_subject = true,
     };
     return hm_daemon_main(argc, argv, &daemon);

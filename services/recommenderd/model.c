@@ -208,7 +208,7 @@ void rec_score_mf(const rec_model_t *m, const double *u, float *out)
 size_t rec_blend_work_size(const rec_model_t *m)
 {
     size_t nf = m->h->nfactors;
-    return 3 * (size_t)m->h->nitems * sizeof(float) + (nf * nf + 2 * nf) * sizeof(double);
+    return 3 * (size_t)m->h->nitems * sizeof(float) + 8 + (nf * nf + 2 * nf) * sizeof(double);
 }
 
 /* Scales v so that its maximum over the items is 1 (negative values clipped to 0). */
@@ -228,7 +228,8 @@ void rec_blend(const rec_model_t *m, const rec_hist_t *h, size_t nh, const doubl
 {
     size_t ni = (size_t)m->h->nitems, nf = m->h->nfactors;
     float *item = work, *mf = item + ni, *pop = mf + ni;
-    double *u = (double *)(pop + ni), *scratch = u + nf;
+    size_t off = (3 * ni * sizeof(float) + 7) & ~(size_t)7; /* doubles 8-aligned */
+    double *u = (double *)((char *)work + off), *scratch = u + nf;
     memset(out, 0, ni * sizeof *out);
     memcpy(pop, m->pop, ni * sizeof *pop);
     scale(pop, ni);

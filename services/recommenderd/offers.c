@@ -430,6 +430,7 @@ REC_HANDLER(rec_list_history)
     if (prc != 0)
         return hm_call_invalid(call, prc == -1 ? "page.page_size" : "page.page_token",
                                "page size 0..100 and a token from a previous page");
+    rec_history_flush(call, call->db, a, true); /* lists still queued are history too */
     const Hospitality__Common__V1__TimeRange *tr = req->time_range;
     const char *p[6] = {req->guest_id,
                         rec_p64(a, req->kind),
@@ -492,20 +493,21 @@ static const hm_stmt_t st_graph_items = {
                                                                                "target LIMIT "
                                                                                "$2::int",
     2};
+/* Cosine over sets of bought items and interests, among the 200 guests sharing the most. */
 static const hm_stmt_t st_similar_users = {
     "rc_similar_users",
     "WITH mine AS (SELECT DISTINCT item_id k FROM rc_events WHERE guest_id = $1::uuid AND type IN "
     "(6, 7, 8) AND item_id <> '' UNION SELECT 'interest:' || category || ':' || value FROM "
-    "rc_interests WHERE guest_id = $1::uuid), other AS (SELECT DISTINCT guest_id g, item_id k "
-    "FROM rc_events WHERE type IN (6, 7, 8) AND item_id IN (SELECT k FROM mine) AND guest_id <> "
-    "$1::uuid UNION SELECT guest_id, 'interest:' || category || ':' || value FROM rc_interests "
-    "WHERE 'interest:' || category || ':' || value IN (SELECT k FROM mine) AND guest_id <> "
-    "$1::uuid), common AS (SELECT g, count(*) c, array_agg(substr(k, 10) ORDER BY k) FILTER "
-    "(WHERE k LIKE 'interest:%') ci FROM other GROUP BY g) SELECT g::text, c / sqrt((SELECT "
-    "count(*) FROM mine) * ((SELECT count(DISTINCT item_id) FROM rc_events WHERE guest_id = "
-    "common.g AND type IN (6, 7, 8) AND item_id <> '') + (SELECT count(*) FROM rc_interests "
-    "WHERE guest_id = common.g))), coalesce(ci, '{}') FROM common ORDER BY 2 DESC, 1 LIMIT "
-    "$2::int",
+    "rc_interests WHERE guest_id = $1::uuid), other AS (SELECT DISTINCT e.guest_id g, e.item_id "
+    "k FROM mine m JOIN rc_events e ON e.item_id = m.k AND e.type IN (6, 7, 8) AND e.item_id <> "
+    "'' WHERE e.guest_id <> $1::uuid UNION SELECT guest_id, 'interest:' || category || ':' || "
+    "value FROM rc_interests WHERE 'interest:' || category || ':' || value IN (SELECT k FROM "
+    "mine) AND guest_id <> $1::uuid), common AS (SELECT g, count(*) c, array_agg(substr(k, 10) "
+    "ORDER BY k) FILTER (WHERE k LIKE 'interest:%') ci FROM other GROUP BY g ORDER BY 2 DESC, 1 "
+    "LIMIT 200) SELECT g::text, c / sqrt((SELECT count(*) FROM mine) * ((SELECT count(DISTINCT "
+    "item_id) FROM rc_events WHERE guest_id = common.g AND type IN (6, 7, 8) AND item_id <> '') + "
+    "(SELECT count(*) FROM rc_interests WHERE guest_id = common.g))), coalesce(ci, '{}') FROM "
+    "common ORDER BY 2 DESC, 1 LIMIT $2::int",
     2};
 
 static Hospitality__Recommender__V1__GraphNode *node(hm_arena_t *a, const char *id, int type,
@@ -730,6 +732,8 @@ REC_HANDLER(rec_submit_feedback)
     const char *p[1] = {fb->recommendation_id};
     PGresult *r;
     int rc = hm_db_exec_arena(call->db, a, &st_fb_rec, p, NULL, NULL, &r);
+    if (rc == 0 && PQntuples(r) == 0 && rec_history_flush(call, call->db, a, true) == 0)
+        rc = hm_db_exec_arena(call->db, a, &st_fb_rec, p, NULL, NULL, &r); /* was queued */
     if (rc != 0)
         return hm_call_fail(call, rc, "load recommendation");
     if (PQntuples(r) == 0)

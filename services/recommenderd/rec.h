@@ -66,9 +66,19 @@ hm_cache_t *rec_thread_cache(void);
  * transaction. *dup set when the event id was stored before. 0 or HM_E*. */
 int rec_store_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Recommender__V1__TrackedEvent *e,
                     const char *source, bool *dup);
+/* The same for a batch, with row locks taken in a fixed order (items, then guests). */
+int rec_store_events(hm_db_t *db, hm_arena_t *a,
+                     Hospitality__Recommender__V1__TrackedEvent *const *ev, size_t n,
+                     const char *source, bool *dup);
 /* Validates an event: NULL, or the reason with *field set. */
 const char *rec_validate_event(const Hospitality__Recommender__V1__TrackedEvent *e,
                                const char **field);
+
+/* Served personal lists queued for writing (recommend.c): writes them now (wait: block until
+ * any other flush is done; else skip when one runs). 0 or HM_E*. */
+int rec_history_flush(hm_call_t *call, hm_db_t *db, hm_arena_t *arena, bool wait);
+int rec_task_flush(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, void *app);
+void rec_history_shutdown(void);
 
 /* Small helpers. */
 static inline const char *rec_str(const PGresult *r, int row, int col)

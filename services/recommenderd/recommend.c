@@ -9,6 +9,7 @@
  * guest generation and request.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,10 +129,10 @@ int load_history(hm_call_t *call, const char *guest, history_t *h)
 
 static const hm_stmt_t st_popular = {
     "rc_popular",
-    "SELECT p.item_id, exp(p.ln_score - max(p.ln_score) OVER ()), i.category FROM rc_popularity "
-    "p JOIN rc_items i USING (item_id) WHERE NOT i.hidden AND (cardinality($1::text[]) = 0 OR "
-    "i.category = ANY($1::text[])) AND ($2::smallint = 0 OR i.app = $2::smallint) ORDER BY "
-    "p.ln_score DESC LIMIT $3::int",
+    "SELECT p.item_id, exp(p.ln_score - (SELECT max(ln_score) FROM rc_popularity)), i.category "
+    "FROM rc_popularity p JOIN rc_items i USING (item_id) WHERE NOT i.hidden AND "
+    "(cardinality($1::text[]) = 0 OR i.category = ANY($1::text[])) AND ($2::smallint = 0 OR "
+    "i.app = $2::smallint) ORDER BY p.ln_score DESC LIMIT $3::int",
     3};
 
 int strat_popularity(hm_call_t *call, cands_t *c, const char *cats, int app, int limit)
@@ -277,14 +278,10 @@ static void strat_mf(hm_call_t *call, const rec_model_t *m, const history_t *h, 
 static const hm_stmt_t st_content = {
     "rc_content",
     "WITH a AS (SELECT key, score * exp(-extract(epoch FROM now() - updated_at) / $2::float8) s "
-    "FROM rc_affinity WHERE guest_id = $1::uuid ORDER BY 2 DESC LIMIT 30), m AS (SELECT "
-    "i.item_id, a.s, a.key FROM a JOIN rc_items i ON i.category = substr(a.key, 10) WHERE a.key "
-    "LIKE 'category:%' UNION ALL SELECT i.item_id, a.s, a.key FROM a JOIN rc_items i ON i.tags "
-    "@> ARRAY[substr(a.key, 5)] WHERE a.key LIKE 'tag:%' UNION ALL SELECT i.item_id, a.s, a.key "
-    "FROM a JOIN rc_items i ON i.attributes @> jsonb_build_object(split_part(a.key, ':', 1), "
-    "substr(a.key, length(split_part(a.key, ':', 1)) + 2)) WHERE a.key NOT LIKE 'category:%' AND "
-    "a.key NOT LIKE 'tag:%') SELECT item_id, sum(s), (array_agg(key ORDER BY s DESC))[1] FROM m "
-    "GROUP BY item_id ORDER BY 2 DESC, 1 LIMIT 300",
+    "FROM rc_affinity WHERE guest_id = $1::uuid ORDER BY 2 DESC LIMIT 20) SELECT k.item_id, "
+    "sum(a.s), (array_agg(a.key ORDER BY a.s DESC))[1] FROM a CROSS JOIN LATERAL (SELECT item_id "
+    "FROM rc_item_keys WHERE key = a.key LIMIT 150) k GROUP BY k.item_id ORDER BY 2 DESC, 1 "
+    "LIMIT 300",
     2};
 
 static int strat_content(hm_call_t *call, const char *guest, cands_t *c)
@@ -307,15 +304,15 @@ static const hm_stmt_t st_graph = {
     "WITH mine AS (SELECT item_id, sum(weight) w FROM rc_events WHERE guest_id = $1::uuid AND "
     "type IN (6, 7, 8) AND item_id <> '' GROUP BY item_id ORDER BY 2 DESC LIMIT 50), peers AS "
     "(SELECT e.guest_id, sum(e.weight * m.w) s, (array_agg(m.item_id ORDER BY e.weight * m.w "
-    "DESC))[1] via FROM rc_events e JOIN mine m USING (item_id) WHERE e.type IN (6, 7, 8) AND "
-    "e.guest_id <> $1::uuid GROUP BY e.guest_id ORDER BY 2 DESC LIMIT 100), walk AS (SELECT "
-    "e.item_id, sum(p.s * e.weight) s, (array_agg(p.via ORDER BY p.s DESC))[1] via FROM rc_events "
-    "e JOIN peers p USING (guest_id) WHERE e.type IN (6, 7, 8) AND e.item_id <> '' GROUP BY "
-    "e.item_id), comp AS (SELECT r.related_id item_id, sum(r.weight * m.w) * 5 s, "
-    "(array_agg(r.item_id ORDER BY r.weight * m.w DESC))[1] via FROM rc_item_relations r JOIN "
-    "mine m USING (item_id) WHERE r.type = 1 GROUP BY r.related_id) SELECT item_id, sum(s), "
-    "(array_agg(via ORDER BY s DESC))[1] FROM (SELECT * FROM walk UNION ALL SELECT * FROM comp) x "
-    "GROUP BY item_id ORDER BY 2 DESC, 1 LIMIT 300",
+    "DESC))[1] via FROM mine m JOIN rc_events e ON e.item_id = m.item_id AND e.type IN (6, 7, 8) "
+    "AND e.item_id <> '' WHERE e.guest_id <> $1::uuid GROUP BY e.guest_id ORDER BY 2 DESC LIMIT "
+    "100), walk AS (SELECT e.item_id, sum(p.s * e.weight) s, (array_agg(p.via ORDER BY p.s "
+    "DESC))[1] via FROM peers p JOIN rc_events e ON e.guest_id = p.guest_id AND e.type IN (6, 7, "
+    "8) AND e.item_id <> '' GROUP BY e.item_id), comp AS (SELECT r.related_id item_id, "
+    "sum(r.weight * m.w) * 5 s, (array_agg(r.item_id ORDER BY r.weight * m.w DESC))[1] via FROM "
+    "rc_item_relations r JOIN mine m USING (item_id) WHERE r.type = 1 GROUP BY r.related_id) "
+    "SELECT item_id, sum(s), (array_agg(via ORDER BY s DESC))[1] FROM (SELECT * FROM walk UNION "
+    "ALL SELECT * FROM comp) x GROUP BY item_id ORDER BY 2 DESC, 1 LIMIT 300",
     1};
 
 static int strat_graph(hm_call_t *call, const char *guest, const history_t *h, cands_t *c)
@@ -590,10 +587,18 @@ static const hm_stmt_t st_save = {
     "$5, $6::boolean, $7::smallint, $8::text[], $9)",
     9};
 
+static const hm_stmt_t st_async_commit = {
+    "rc_async_commit", "SELECT set_config('synchronous_commit', 'off', true)", 0};
+
 static int save_fn(hm_db_t *db, void *arg)
 {
     save_tx_t *t = arg;
     hm_arena_t *a = &t->call->arena;
+    /* a served list and its event are analytics: this transaction does not wait for the WAL
+     * flush (atomic still; a crash may lose the last few hundred milliseconds of them) */
+    int rc0 = hm_db_exec(db, &st_async_commit, NULL, NULL, NULL, NULL);
+    if (rc0 != 0)
+        return rc0;
     Hospitality__Recommender__V1__RecommendationRecord rec =
         HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_RECORD__INIT;
     rec.recommendation_id = (char *)t->rec_id;
@@ -637,11 +642,224 @@ static int save_fn(hm_db_t *db, void *arg)
     return rc;
 }
 
+/*
+ * Personal lists (Recommend, the hot path) are not written by the call that serves them: they
+ * are queued in memory and written in batches (one transaction, list rows and their
+ * recommendation.generated events together) by whichever call finds the queue 64 long or its
+ * oldest entry 50 ms old, by the history-flush task, before any read of the history
+ * (ListRecommendationHistory, SubmitFeedback, export, erasure) and at shutdown. A crash loses
+ * at most that window, like the asynchronous commit of the other lists.
+ */
+typedef struct pending {
+    struct pending *next;
+    char *guest;
+    uint8_t *record, *event;
+    size_t record_len, event_len;
+    char id[HM_UUID_LEN + 1];
+    char version[64];
+    int strategy, app;
+    bool personalized;
+    int64_t served_us;
+} pending_t;
+
+static pthread_mutex_t pend_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t flush_lock = PTHREAD_MUTEX_INITIALIZER;
+static pending_t *pend_head, **pend_tail = &pend_head;
+static size_t pend_n;
+static int64_t pend_oldest_ms;
+
+static void pending_free(pending_t *p)
+{
+    while (p) {
+        pending_t *next = p->next;
+        free(p->guest);
+        free(p->record);
+        free(p->event);
+        free(p);
+        p = next;
+    }
+}
+
+static const hm_stmt_t st_save_pending = {
+    "rc_save_pending",
+    "INSERT INTO rc_recommendations (recommendation_id, guest_id, kind, strategy, model_version, "
+    "personalized, app, record, served_at) SELECT $1::uuid, $2::uuid, 1, $3::smallint, $4, "
+    "$5::boolean, $6::smallint, $7, to_timestamp($8::bigint / 1e6) WHERE NOT EXISTS (SELECT 1 "
+    "FROM rc_erased_guests WHERE guest_hash = encode(sha256(convert_to($2::uuid::text, 'UTF8')), "
+    "'hex')) "
+    "RETURNING 1",
+    8};
+
+typedef struct flush_tx {
+    hm_call_t *call;
+    hm_arena_t *arena;
+    pending_t *list;
+} flush_tx_t;
+
+static int flush_fn(hm_db_t *db, void *arg)
+{
+    flush_tx_t *t = arg;
+    int rc = hm_db_exec(db, &st_async_commit, NULL, NULL, NULL, NULL);
+    for (pending_t *p = t->list; rc == 0 && p; p = p->next) {
+        const char *v[8] = {p->id,
+                            p->guest,
+                            rec_p64(t->arena, p->strategy),
+                            p->version,
+                            hm_db_param_bool(p->personalized),
+                            rec_p64(t->arena, p->app),
+                            (const char *)p->record,
+                            rec_p64(t->arena, p->served_us)};
+        int lens[8] = {0, 0, 0, 0, 0, 0, (int)p->record_len, 0};
+        int fmts[8] = {0, 0, 0, 0, 0, 0, 1, 0};
+        PGresult *r;
+        if ((rc = hm_db_exec_arena(db, t->arena, &st_save_pending, v, lens, fmts, &r)) != 0)
+            break;
+        if (PQntuples(r) == 0)
+            continue; /* erased meanwhile: neither the list nor its event */
+        ProtobufCMessage *ev = protobuf_c_message_unpack(
+            &hospitality__events__v1__recommendation_generated__descriptor, hm_arena_pb(t->arena),
+            p->event_len, p->event);
+        if (!ev)
+            return HM_EINTERNAL;
+        rc = t->call ? hm_call_publish(t->call, db, "recommendation.generated", p->guest, ev)
+                     : hm_publish(db, t->arena, "recommendation.generated", p->guest, NULL, ev);
+    }
+    return rc;
+}
+
+int rec_history_flush(hm_call_t *call, hm_db_t *db, hm_arena_t *arena, bool wait)
+{
+    if (wait)
+        pthread_mutex_lock(&flush_lock);
+    else if (pthread_mutex_trylock(&flush_lock) != 0)
+        return 0; /* another call is flushing */
+    pthread_mutex_lock(&pend_lock);
+    pending_t *list = pend_head;
+    pend_head = NULL;
+    pend_tail = &pend_head;
+    pend_n = 0;
+    pthread_mutex_unlock(&pend_lock);
+    int rc = 0;
+    if (list) {
+        flush_tx_t t = {call, arena, list};
+        rc = hm_db_tx(db, flush_fn, &t, HM_DB_READ_COMMITTED);
+        if (rc == 0) {
+            pending_free(list);
+        } else { /* back in front of what came meanwhile */
+            pthread_mutex_lock(&pend_lock);
+            pending_t **end = &list;
+            size_t n = 0;
+            while (*end) {
+                end = &(*end)->next;
+                n++;
+            }
+            *end = pend_head;
+            if (!pend_head)
+                pend_tail = end;
+            pend_head = list;
+            pend_n += n;
+            pend_oldest_ms = hm_mono_ms();
+            pthread_mutex_unlock(&pend_lock);
+            HM_WARN("history flush failed (%d lists kept for the next attempt): %s", (int)n,
+                    hm_err_name(rc));
+        }
+    }
+    pthread_mutex_unlock(&flush_lock);
+    return rc;
+}
+
+int rec_task_flush(hm_db_t *db, hm_cache_t *cache, hm_arena_t *arena, void *app)
+{
+    (void)cache;
+    (void)app;
+    return rec_history_flush(NULL, db, arena, true);
+}
+
+void rec_history_shutdown(void)
+{
+    const hm_common_config_t *c = hm_config();
+    if (pend_n && c) {
+        hm_db_t *db = hm_db_create(c->database_url, 10000);
+        hm_arena_t a;
+        hm_arena_init(&a, 65536);
+        if (db && rec_history_flush(NULL, db, &a, true) != 0)
+            HM_ERROR("history flush at shutdown failed: %zu served lists lost", pend_n);
+        hm_arena_deinit(&a);
+        hm_db_destroy(db);
+    }
+    pending_free(pend_head);
+    pend_head = NULL;
+    pend_tail = &pend_head;
+    pend_n = 0;
+}
+
+static uint8_t *pack_malloc(const ProtobufCMessage *m, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    uint8_t *b = hm_xmalloc(*len + 1);
+    protobuf_c_message_pack(m, b);
+    return b;
+}
+
+static int queue_list(hm_call_t *call, const char *rec_id, const char *guest, int strategy,
+                      const char *model_version, bool personalized, int app,
+                      Hospitality__Recommender__V1__RecommendedItem **items, size_t n)
+{
+    hm_arena_t *a = &call->arena;
+    pending_t *p = hm_xcalloc(1, sizeof *p);
+    snprintf(p->id, sizeof p->id, "%s", rec_id);
+    snprintf(p->version, sizeof p->version, "%s", model_version);
+    p->guest = hm_xstrdup(guest);
+    p->strategy = strategy;
+    p->app = app;
+    p->personalized = personalized;
+    Hospitality__Recommender__V1__RecommendationRecord rec =
+        HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_RECORD__INIT;
+    rec.recommendation_id = (char *)rec_id;
+    rec.guest_id = (char *)guest;
+    rec.kind = HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_KIND__RECOMMENDATION_KIND_PERSONAL;
+    rec.strategy = strategy;
+    rec.model_version = (char *)model_version;
+    rec.items = items;
+    rec.n_items = n;
+    rec.personalized = personalized;
+    rec.app = app;
+    p->served_us = hm_now_ms() * 1000;
+    rec.served_at = hm_timestamp_from_us(a, p->served_us);
+    p->record = pack_malloc(&rec.base, &p->record_len);
+    Hospitality__Events__V1__RecommendationGenerated ev =
+        HOSPITALITY__EVENTS__V1__RECOMMENDATION_GENERATED__INIT;
+    ev.recommendation_id = (char *)rec_id;
+    ev.guest_id = (char *)guest;
+    ev.strategy = strategy;
+    ev.model_version = (char *)model_version;
+    ev.item_ids = hm_arena_alloc(a, (n + 1) * sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        ev.item_ids[ev.n_item_ids++] = items[i]->item_id;
+    ev.personalized = personalized;
+    ev.app = app;
+    p->event = pack_malloc(&ev.base, &p->event_len);
+    pthread_mutex_lock(&pend_lock);
+    if (!pend_head)
+        pend_oldest_ms = hm_mono_ms();
+    *pend_tail = p;
+    pend_tail = &p->next;
+    bool due = ++pend_n >= 64 || hm_mono_ms() - pend_oldest_ms >= 50;
+    pthread_mutex_unlock(&pend_lock);
+    if (due)
+        rec_history_flush(call, call->db, a, false);
+    return 0;
+}
+
 int save_list(hm_call_t *call, const char *rec_id, const char *guest, int kind, int strategy,
               const char *model_version, bool personalized, int app,
               Hospitality__Recommender__V1__RecommendedItem **items, size_t n, const char *rules,
               const char *extra_type, const ProtobufCMessage *extra)
 {
+    if (kind == HOSPITALITY__RECOMMENDER__V1__RECOMMENDATION_KIND__RECOMMENDATION_KIND_PERSONAL &&
+        guest && guest[0] && !extra)
+        return queue_list(call, rec_id, guest, strategy, model_version, personalized, app, items,
+                          n);
     save_tx_t t = {call,         rec_id,        guest, rules, kind,  strategy,  app,
                    personalized, model_version, items, n,     extra, extra_type};
     return hm_db_tx(call->db, save_fn, &t, HM_DB_READ_COMMITTED);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hm/suppress.h"
 #include "hospitality/privacy/v1/privacy.pb-c.h"
 #include "rec.h"
 
@@ -120,6 +121,7 @@ REC_HANDLER(rec_export_subject)
     hm_arena_t *a = &call->arena;
     if (!req->guest_id || !hm_uuid_valid(req->guest_id))
         return hm_call_invalid(call, "guest_id", "guest_id must be a UUID");
+    rec_history_flush(call, call->db, a, true);
     Hospitality__Privacy__V1__ExportSubjectDataResponse *resp = hm_arena_alloc(a, sizeof *resp);
     hospitality__privacy__v1__export_subject_data_response__init(resp);
     resp->participant = "recommenderd";
@@ -180,11 +182,10 @@ static const hm_stmt_t st_lists_anon[] = {
 };
 static const char *const list_names[] = {"recommendation_history", "feedback"};
 static const hm_stmt_t st_erased = {
-    "rc_e_mark", "INSERT INTO rc_erased_guests (guest_id) VALUES ($1::uuid) ON CONFLICT DO NOTHING",
-    1};
+    "rc_e_mark", "INSERT INTO rc_erased_guests (guest_hash) VALUES ($1) ON CONFLICT DO NOTHING", 1};
 static const hm_stmt_t st_keep_receipt = {
     "rc_keep_receipt",
-    "INSERT INTO rc_erasures (request_id, guest_id, receipt) VALUES ($1, $2::uuid, $3)", 3};
+    "INSERT INTO rc_erasures (request_id, guest_hash, receipt) VALUES ($1, $2, $3)", 3};
 
 typedef struct erase_tx {
     hm_call_t *call;
@@ -219,6 +220,8 @@ static int erase_fn(hm_db_t *db, void *arg)
             return HM_EINTERNAL;
         t->receipt = (void *)protobuf_c_message_unpack(
             &hospitality__privacy__v1__erasure_receipt__descriptor, hm_arena_pb(a), len, blob);
+        if (t->receipt) /* kept without the guest id */
+            t->receipt->guest_id = t->req->guest_id;
         return t->receipt ? 0 : HM_EINTERNAL;
     }
     Hospitality__Privacy__V1__ErasureReceipt *rc_ = hm_arena_alloc(a, sizeof *rc_);
@@ -244,18 +247,24 @@ static int erase_fn(hm_db_t *db, void *arg)
         else
             rc_->deleted[rc_->n_deleted++] = c;
     }
-    if ((rc = hm_db_exec_arena(db, a, &st_erased, p, NULL, NULL, NULL)) != 0)
+    char *hash = hm_arena_alloc(a, 65);
+    hm_subject_hash(t->req->guest_id, hash);
+    const char *hp[1] = {hash};
+    if ((rc = hm_db_exec_arena(db, a, &st_erased, hp, NULL, NULL, NULL)) != 0)
         return rc;
     rc_->receipt_id = hm_arena_alloc(a, HM_UUID_LEN + 1);
     hm_uuid_v4(rc_->receipt_id);
     rc_->request_id = t->req->request_id;
-    rc_->guest_id = t->req->guest_id;
+    rc_->guest_id = "";
     rc_->participant = "recommenderd";
     rc_->completed_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
+    /* the stored receipt holds no guest id (it is the request's on a repeat); the guest is
+     * known here only by the SHA-256 of the id, like the erasure suppression list */
     size_t n = protobuf_c_message_get_packed_size(&rc_->base);
     uint8_t *buf = hm_arena_alloc(a, n + 1);
     protobuf_c_message_pack(&rc_->base, buf);
-    const char *kp[3] = {t->req->request_id, t->req->guest_id, (const char *)buf};
+    rc_->guest_id = t->req->guest_id;
+    const char *kp[3] = {t->req->request_id, hash, (const char *)buf};
     int lens[3] = {0, 0, (int)n}, fmts[3] = {0, 0, 1};
     if ((rc = hm_db_exec(db, &st_keep_receipt, kp, lens, fmts, NULL)) != 0)
         return rc;
@@ -292,6 +301,7 @@ REC_HANDLER(rec_erase_subject)
     if (!req->request_id || !*req->request_id || strlen(req->request_id) > 128 ||
         !hm_utf8_valid(req->request_id))
         return hm_call_invalid(call, "request_id", "request_id is required");
+    rec_history_flush(call, call->db, &call->arena, true); /* then erased with the rest */
     erase_tx_t t = {call, req, NULL};
     int rc = hm_db_tx(call->db, erase_fn, &t, HM_DB_READ_COMMITTED);
     if (rc != 0)

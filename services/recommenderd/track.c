@@ -9,6 +9,7 @@
  * copied to the dead-letter stream hm:dlq:recommenderd.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@
 
 #define T(x)       HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT_TYPE__TRACKED_EVENT_TYPE_##x
 #define TS_US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
+static int item_keys(hm_db_t *db, hm_arena_t *a, const char *item);
+
 /* Popularity's reference epoch (2026-01-01T00:00:00Z), seconds. */
 #define REC_T0 1767225600.0
 
@@ -273,12 +276,11 @@ static const hm_stmt_t st_feat_add = {
 /* The item's category, tags and attributes become the guest's decayed affinities. */
 static const hm_stmt_t st_aff_add = {
     "rc_aff_add",
-    "INSERT INTO rc_affinity AS a (guest_id, key, score) SELECT $1::uuid, k, $3::float8 FROM "
-    "(SELECT 'category:' || category AS k FROM rc_items WHERE item_id = $2 AND category <> '' "
-    "UNION SELECT 'tag:' || unnest(tags) FROM rc_items WHERE item_id = $2 UNION SELECT e.key || "
-    "':' || e.value FROM rc_items, jsonb_each_text(attributes) e WHERE item_id = $2) keys ON "
-    "CONFLICT (guest_id, key) DO UPDATE SET score = a.score * exp(-extract(epoch FROM now() - "
-    "a.updated_at) / $4::float8) + excluded.score, updated_at = now()",
+    "INSERT INTO rc_affinity AS a (guest_id, key, score) SELECT $1::uuid, key, $3::float8 FROM "
+    "rc_item_keys WHERE item_id = $2 ORDER BY key ON CONFLICT (guest_id, key) DO UPDATE SET score "
+    "= a.score * "
+    "exp(-extract(epoch FROM now() - a.updated_at) / $4::float8) + excluded.score, updated_at = "
+    "now()",
     4};
 
 static double tau_s(void)
@@ -286,41 +288,104 @@ static double tau_s(void)
     return (double)rec_cfg.half_life_ms / 1000.0 / log(2.0);
 }
 
-int rec_store_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Recommender__V1__TrackedEvent *e,
-                    const char *source, bool *dup)
+#define IID(e) ((e)->item_id ? (e)->item_id : "")
+static const Hospitality__Recommender__V1__TrackedEvent *const *sort_ev;
+static int cmp_by_item(const void *x, const void *y)
 {
-    int64_t at = e->occurred_at ? hm_timestamp_to_us(e->occurred_at) : hm_now_ms() * 1000;
-    double w = event_weight(e);
-    size_t n = protobuf_c_message_get_packed_size(&e->base);
-    uint8_t *buf = hm_arena_alloc(a, n + 1);
-    protobuf_c_message_pack(&e->base, buf);
-    const char *rating =
-        e->details_case == HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__DETAILS_RATING
-            ? rec_pf(a, e->rating->rating)
-            : NULL;
-    const char *p[9] = {
-        e->event_id,      e->guest_id, rec_p64(a, e->type), e->item_id ? e->item_id : "",
-        rec_p64(a, at),   rating,      rec_pf(a, w),        source,
-        (const char *)buf};
-    int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)n}, fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
-    PGresult *r;
-    int rc = hm_db_exec_arena(db, a, &st_event_ins, p, lens, fmts, &r);
-    if (rc != 0)
-        return rc;
-    *dup = PQntuples(r) == 0;
-    if (*dup)
-        return 0;
-    if (w > 0 && e->item_id && e->item_id[0]) {
+    const Hospitality__Recommender__V1__TrackedEvent *a = sort_ev[*(const size_t *)x],
+                                                     *b = sort_ev[*(const size_t *)y];
+    int c = strcmp(IID(a), IID(b));
+    return c ? c : strcmp(a->guest_id, b->guest_id);
+}
+static int cmp_by_guest(const void *x, const void *y)
+{
+    const Hospitality__Recommender__V1__TrackedEvent *a = sort_ev[*(const size_t *)x],
+                                                     *b = sort_ev[*(const size_t *)y];
+    int c = strcmp(a->guest_id, b->guest_id);
+    return c ? c : strcmp(IID(a), IID(b));
+}
+
+/*
+ * Stores events in the open transaction in three phases, each in a fixed order, so that
+ * concurrent batches take their row locks in the same order (no deadlocks between batches of
+ * different guests): the events themselves, then the items' popularity (by item id), then the
+ * guests' affinities and features (by guest id).
+ */
+int rec_store_events(hm_db_t *db, hm_arena_t *a,
+                     Hospitality__Recommender__V1__TrackedEvent *const *ev, size_t n,
+                     const char *source, bool *dup)
+{
+    size_t *order = hm_arena_alloc(a, (n + 1) * sizeof *order), nn = 0;
+    int rc;
+    for (size_t i = 0; i < n; i++) {
+        const Hospitality__Recommender__V1__TrackedEvent *e = ev[i];
+        int64_t at = e->occurred_at ? hm_timestamp_to_us(e->occurred_at) : hm_now_ms() * 1000;
+        size_t len = protobuf_c_message_get_packed_size(&e->base);
+        uint8_t *buf = hm_arena_alloc(a, len + 1);
+        protobuf_c_message_pack(&e->base, buf);
+        const char *rating =
+            e->details_case == HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__DETAILS_RATING
+                ? rec_pf(a, e->rating->rating)
+                : NULL;
+        const char *p[9] = {e->event_id,      e->guest_id, rec_p64(a, e->type),        IID(e),
+                            rec_p64(a, at),   rating,      rec_pf(a, event_weight(e)), source,
+                            (const char *)buf};
+        int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)len}, fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+        PGresult *r;
+        if ((rc = hm_db_exec_arena(db, a, &st_event_ins, p, lens, fmts, &r)) != 0)
+            return rc;
+        dup[i] = PQntuples(r) == 0;
+        if (!dup[i])
+            order[nn++] = i;
+    }
+    sort_ev = (const Hospitality__Recommender__V1__TrackedEvent *const *)ev;
+    static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&sort_lock); /* qsort has no context argument in C17 */
+    sort_ev = (const Hospitality__Recommender__V1__TrackedEvent *const *)ev;
+    qsort(order, nn, sizeof *order, cmp_by_item);
+    pthread_mutex_unlock(&sort_lock);
+    for (size_t k = 0; k < nn; k++) {
+        const Hospitality__Recommender__V1__TrackedEvent *e = ev[order[k]];
+        double w = event_weight(e);
+        if (!(w > 0) || !IID(e)[0])
+            continue;
+        int64_t at = e->occurred_at ? hm_timestamp_to_us(e->occurred_at) : hm_now_ms() * 1000;
         const char *pp[4] = {e->item_id, rec_pf(a, w), rec_pf(a, (double)at / 1e6),
                              rec_pf(a, tau_s())};
         if ((rc = hm_db_exec_arena(db, a, &st_pop_add, pp, NULL, NULL, NULL)) != 0)
             return rc;
-        const char *ap[4] = {e->guest_id, e->item_id, rec_pf(a, w / 5.0), rec_pf(a, tau_s())};
-        if ((rc = hm_db_exec_arena(db, a, &st_aff_add, ap, NULL, NULL, NULL)) != 0)
+    }
+    pthread_mutex_lock(&sort_lock);
+    sort_ev = (const Hospitality__Recommender__V1__TrackedEvent *const *)ev;
+    qsort(order, nn, sizeof *order, cmp_by_guest);
+    pthread_mutex_unlock(&sort_lock);
+    for (size_t k = 0; k < nn; k++) {
+        const Hospitality__Recommender__V1__TrackedEvent *e = ev[order[k]];
+        double w = event_weight(e);
+        int64_t at = e->occurred_at ? hm_timestamp_to_us(e->occurred_at) : hm_now_ms() * 1000;
+        if (w > 0 && IID(e)[0]) {
+            const char *ap[4] = {e->guest_id, e->item_id, rec_pf(a, w / 5.0), rec_pf(a, tau_s())};
+            if ((rc = hm_db_exec_arena(db, a, &st_aff_add, ap, NULL, NULL, NULL)) != 0)
+                return rc;
+        }
+        const char *rating =
+            e->details_case == HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__DETAILS_RATING
+                ? rec_pf(a, e->rating->rating)
+                : NULL;
+        const char *fp[4] = {e->guest_id, hm_arena_printf(a, "%d", e->type), rec_p64(a, at),
+                             rating};
+        if ((rc = hm_db_exec_arena(db, a, &st_feat_add, fp, NULL, NULL, NULL)) != 0)
             return rc;
     }
-    const char *fp[4] = {e->guest_id, hm_arena_printf(a, "%d", e->type), rec_p64(a, at), rating};
-    return hm_db_exec_arena(db, a, &st_feat_add, fp, NULL, NULL, NULL);
+    return 0;
+}
+
+int rec_store_event(hm_db_t *db, hm_arena_t *a, const Hospitality__Recommender__V1__TrackedEvent *e,
+                    const char *source, bool *dup)
+{
+    Hospitality__Recommender__V1__TrackedEvent *one[1] = {
+        (Hospitality__Recommender__V1__TrackedEvent *)e};
+    return rec_store_events(db, a, one, 1, source, dup);
 }
 
 /* Copies a refused event to the dead-letter stream with the reason (best effort). */
@@ -355,12 +420,7 @@ typedef struct track_tx {
 static int track_fn(hm_db_t *db, void *arg)
 {
     track_tx_t *t = arg;
-    for (size_t i = 0; i < t->n; i++) {
-        int rc = rec_store_event(db, &t->call->arena, t->ev[i], "api", &t->dup[i]);
-        if (rc != 0)
-            return rc;
-    }
-    return 0;
+    return rec_store_events(db, &t->call->arena, t->ev, t->n, "api", t->dup);
 }
 
 /* Fills defaults (id, time), stores the events in one transaction and drops the guests'
@@ -587,7 +647,8 @@ static int ingest_fn(hm_db_t *db, void *arg)
     for (size_t i = 0; i < req->n_purchases; i++) {
         const Hospitality__Recommender__V1__Purchase *p = req->purchases[i];
         const char *sp[2] = {p->item_id, p->category ? p->category : ""};
-        if ((rc = hm_db_exec_arena(db, a, &st_item_stub, sp, NULL, NULL, NULL)) != 0)
+        if ((rc = hm_db_exec_arena(db, a, &st_item_stub, sp, NULL, NULL, NULL)) != 0 ||
+            (rc = item_keys(db, a, p->item_id)) != 0)
             return rc;
         Hospitality__Recommender__V1__TrackedEvent e =
             HOSPITALITY__RECOMMENDER__V1__TRACKED_EVENT__INIT;
@@ -695,6 +756,24 @@ static const hm_stmt_t st_item_up = {
     "app = excluded.app, venue_id = excluded.venue_id, venue_type = excluded.venue_type, hidden "
     "= excluded.hidden, updated_at = now() RETURNING (xmax = 0)",
     17};
+static const hm_stmt_t st_keys_clear = {"rc_keys_clear",
+                                        "DELETE FROM rc_item_keys WHERE item_id = $1", 1};
+static const hm_stmt_t st_keys_add = {
+    "rc_keys_add",
+    "INSERT INTO rc_item_keys (key, item_id) SELECT k, $1 FROM (SELECT 'category:' || category k "
+    "FROM rc_items WHERE item_id = $1 AND category <> '' UNION SELECT 'tag:' || unnest(tags) FROM "
+    "rc_items WHERE item_id = $1 UNION SELECT e.key || ':' || e.value FROM rc_items, "
+    "jsonb_each_text(attributes) e WHERE item_id = $1) keys ON CONFLICT DO NOTHING",
+    1};
+
+/* Rewrites an item's content keys from its row. */
+static int item_keys(hm_db_t *db, hm_arena_t *a, const char *item)
+{
+    const char *p[1] = {item};
+    int rc = hm_db_exec_arena(db, a, &st_keys_clear, p, NULL, NULL, NULL);
+    return rc ? rc : hm_db_exec_arena(db, a, &st_keys_add, p, NULL, NULL, NULL);
+}
+
 static const hm_stmt_t st_rel_clear = {"rc_rel_clear",
                                        "DELETE FROM rc_item_relations WHERE item_id = $1", 1};
 static const hm_stmt_t st_rel_add = {
@@ -778,7 +857,8 @@ static int items_fn(hm_db_t *db, void *arg)
         else
             t->updated++;
         const char *cp[1] = {it->item_id};
-        if ((rc = hm_db_exec_arena(db, a, &st_rel_clear, cp, NULL, NULL, NULL)) != 0)
+        if ((rc = item_keys(db, a, it->item_id)) != 0 ||
+            (rc = hm_db_exec_arena(db, a, &st_rel_clear, cp, NULL, NULL, NULL)) != 0)
             return rc;
         for (size_t k = 0; k < it->n_relations; k++) {
             const char *rp[4] = {it->item_id, it->relations[k]->item_id,
@@ -1096,11 +1176,9 @@ static const hm_stmt_t st_aff_clear = {"rc_aff_clear",
 static const hm_stmt_t st_aff_rebuild = {
     "rc_aff_rebuild",
     "INSERT INTO rc_affinity (guest_id, key, score, updated_at) SELECT $1::uuid, k, sum(s), now() "
-    "FROM (SELECT k.k, e.weight / 5.0 * exp(-extract(epoch FROM now() - e.occurred_at) / "
-    "$2::float8) s FROM rc_events e JOIN rc_items i USING (item_id) CROSS JOIN LATERAL (SELECT "
-    "'category:' || i.category k WHERE i.category <> '' UNION SELECT 'tag:' || unnest(i.tags) "
-    "UNION SELECT x.key || ':' || x.value FROM jsonb_each_text(i.attributes) x) k WHERE "
-    "e.guest_id = $1::uuid AND e.weight > 0 UNION ALL SELECT k, confidence FROM rc_interests, "
+    "FROM (SELECT k.key k, e.weight / 5.0 * exp(-extract(epoch FROM now() - e.occurred_at) / "
+    "$2::float8) s FROM rc_events e JOIN rc_item_keys k USING (item_id) WHERE e.guest_id = "
+    "$1::uuid AND e.weight > 0 UNION ALL SELECT k, confidence FROM rc_interests, "
     "unnest(ARRAY[category || ':' || value, 'category:' || value, 'tag:' || value]) k WHERE "
     "guest_id = $1::uuid) x GROUP BY k",
     2};

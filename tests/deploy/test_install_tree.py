@@ -12,7 +12,11 @@ The container image's contract, checked without a Docker engine (issue 11).
    USER, a stage per daemon whose ENTRYPOINT is the installed binary, --prefix=/usr (the path the
    Envoy component copies the descriptor set from), and the installed descriptor set.
 4. The five daemons start from the install tree with the build folder and the source tree
-   hidden (a private mount namespace with empty tmpfs over both): each answers SERVING on its
+   hidden (a private mount namespace with empty tmpfs over both), each with the environment the
+   dev overlay gives it (deploy/k8s/overlays/dev rendered by kubectl kustomize: the hm-mesh and
+   daemon ConfigMaps, the generated Secrets, the JWT key file), so every value the manifests set
+   is one the daemon accepts. Only what points at the cluster is replaced: listen addresses,
+   database, Redis, the OTLP collector (dropped), the pod IP. Each answers SERVING on its
    liveness and readiness names, then drains on SIGTERM and exits 0.
 """
 import glob
@@ -119,6 +123,50 @@ def owner(path):
         if c in _owners:
             return _owners[c]
     return None
+
+
+def overlay_env(overlay, scratch):
+    """{daemon: {NAME: value}} as the rendered overlay sets them, cluster endpoints replaced."""
+    import base64
+
+    import yaml
+
+    r = subprocess.run([os.environ.get("KUBECTL") or "kubectl", "kustomize", overlay],
+                       capture_output=True, text=True, check=True)
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    cms = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "ConfigMap"}
+    secrets = {d["metadata"]["name"]: d.get("data") or {} for d in docs if d["kind"] == "Secret"}
+    out = {}
+    for d in docs:
+        if d["kind"] != "Deployment" or d["metadata"]["name"] not in DAEMONS:
+            continue
+        pod = d["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {}
+        for ef in c.get("envFrom", []):
+            env.update(cms[ef["configMapRef"]["name"]])
+        for e in c.get("env", []):
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif ref and ref["name"] in secrets:
+                env[e["name"]] = base64.b64decode("".join(secrets[ref["name"]][ref["key"]].split())).decode()
+        # the JWT key files: the Secret's volume, mounted at /etc/hm/jwt in the pod
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        for v in pod.get("volumes", []):
+            if "secret" in v and v["name"] in mounts and v["secret"]["secretName"] in secrets:
+                keydir = tempfile.mkdtemp(prefix="jwt-", dir=scratch)
+                for k, val in secrets[v["secret"]["secretName"]].items():
+                    with open(os.path.join(keydir, k), "wb") as f:
+                        f.write(base64.b64decode("".join(val.split())))
+                for k, val in list(env.items()):
+                    env[k] = val.replace(mounts[v["name"]], keydir)
+        for k in ("HM_GRPC_ADDR", "HM_ADMIN_ADDR", "HM_DATABASE_URL", "HM_REDIS_ADDR",
+                  "HM_OTLP_ENDPOINT"):
+            env.pop(k, None)
+        env["HM_POD_IP"] = "127.0.0.1"
+        out[d["metadata"]["name"]] = env
+    return out
 
 
 def sanitized():
@@ -228,17 +276,18 @@ def main():
                 'for d in "$1" "$2"; do mount -t tmpfs -o size=1m hm-hidden "$d" || exit 97; done; '
                 'shift 2; [ -z "$(ls -A "$HM_TEST_BUILD_ROOT_HIDDEN")" ] || exit 98; exec "$@"',
                 "sh", BUILD, os.path.realpath(SRC)]
+        envs = overlay_env(os.path.join(SRC, "deploy", "k8s", "overlays", "dev"), tmp)
         running = []
         try:
             for d in DAEMONS:
-                daemon = hmtest.Daemon(d, names[d], wrapper=hide,
-                                       env={"HM_TEST_BUILD_ROOT_HIDDEN": BUILD,
-                                            "HM_SERVICE_TOKEN": hmtest.token(d, roles=("service",))})
+                env = dict(envs[d], HM_TEST_BUILD_ROOT_HIDDEN=BUILD)
+                daemon = hmtest.Daemon(d, names[d], wrapper=hide, env=env)
                 running.append(daemon)
                 daemon.start()
                 for svc in ("liveness", "readiness"):
                     daemon.wait_status(hmtest.SERVING, service=svc, timeout=10)
-                print("%-14s SERVING from %s" % (d, os.path.relpath(names[d], dest)))
+                print("%-14s SERVING from %s with the dev overlay's %d variables" % (
+                    d, os.path.relpath(names[d], dest), len(envs[d])))
             for daemon in running:
                 rc = daemon.stop()
                 if rc != 0:

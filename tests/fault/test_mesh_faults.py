@@ -12,10 +12,11 @@ then hangs. After recovery the invariants must hold:
   - caches agree with Postgres (a cached profile equals the row).
 The mesh has its own Postgres and Redis (tests/lib/hmmesh.py), so this test may break them.
 
-STATUS: not registered in meson yet: its load needs recommenderd and privacyd to serve
-Recommend and GetConsent (issues 7 and 10), then the invariants of each daemon (issue 12).
+Registered in tests/fault/meson.build as fault-mesh (suite 'fault', runs alone: about two
+minutes, most of it the 10 s outages and the waits for recovery).
 """
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -62,7 +63,8 @@ class MeshFaults(hmtest.TestCase):
         def interaction(rpc, rnd, dl):
             rpc.call("guestd", G, "RecordInteraction", {
                 "guest_id": rnd.choice(guests), "idempotency_key": uuid.uuid4().hex,
-                "interaction": {"type": "INTERACTION_TYPE_VIEW", "item_id": "item-%d" % rnd.randrange(50)}},
+                "interaction": {"type": "INTERACTION_TYPE_VIEW",
+                                "item_id": "item-%d" % rnd.randrange(50)}},
                 svc, dl)
 
         def booking(rpc, rnd, dl):
@@ -85,12 +87,24 @@ class MeshFaults(hmtest.TestCase):
             rpc.call("recommenderd", R, "Recommend", {"guest_id": rnd.choice(guests), "limit": 5},
                      svc, dl)
 
+        def update(rpc, rnd, dl):  # profile changes: the cached context must follow them
+            g = rnd.choice(guests)
+            v = rpc.call("guestd", G, "GetProfile", {"guest_id": g}, svc, dl)["profile"]
+            rpc.call("guestd", G, "UpdateProfile", {
+                "guest_id": g, "profile": {"bio": "bio %d" % rnd.randrange(1000)},
+                "update_mask": "bio", "expected_version": v["version"]}, svc, dl)
+
+        def context(rpc, rnd, dl):
+            rpc.call("guestd", G, "GetPersonalizationContext", {"guest_id": rnd.choice(guests)},
+                     svc, dl)
+
         def consent(rpc, rnd, dl):
             rpc.call("privacyd", P, "GetConsent", {"guest_id": rnd.choice(guests)}, svc, dl)
 
         return [("GetProfile", profile), ("RecordInteraction", interaction),
                 ("CreateBooking", booking), ("AwardPoints", award), ("Recommend", recommend),
-                ("GetConsent", consent)]
+                ("GetConsent", consent), ("UpdateProfile", update),
+                ("GetPersonalizationContext", context)]
 
     # -- invariants
 
@@ -137,15 +151,109 @@ class MeshFaults(hmtest.TestCase):
         self.assertGreater(ok, len(results) // 4, "too few calls succeeded: %d of %d" % (
             ok, len(results)))
 
+    def rows(self, db, sql):
+        out = self.m.psql(db, sql)
+        return [line.split("|") for line in out.splitlines() if line]
+
+    def wait_sagas_settled(self, timeout=60):
+        """bookingd's saga recovery task finishes or compensates what a kill left running."""
+        until = time.time() + timeout
+        while True:
+            running = self.m.psql("bookingd", "SELECT count(*) FROM bk_sagas WHERE state = "
+                                  "'running'")
+            if running == "0":
+                return
+            if time.time() > until:
+                self.fail("%s saga(s) still running after %ds: %s" % (running, timeout, self.rows(
+                    "bookingd", "SELECT saga_id, booking_id, step, updated_at FROM bk_sagas "
+                    "WHERE state = 'running' LIMIT 5")))
+            time.sleep(0.5)
+
     def check_invariants(self):
         # no double booking: no two active bookings of one item overlap
         overlaps = self.m.psql("bookingd", """
-            SELECT count(*) FROM bookings a JOIN bookings b
+            SELECT count(*) FROM bk_bookings a JOIN bk_bookings b
               ON a.inventory_item_id = b.inventory_item_id AND a.venue_id = b.venue_id
              AND a.booking_id < b.booking_id
-             AND a.status IN (1, 2, 3) AND b.status IN (1, 2, 3)
-             AND tstzrange(a.start_time, a.end_time) && tstzrange(b.start_time, b.end_time)""")
+             AND a.status IN (1, 2, 3) AND b.status IN (1, 2, 3) AND a.period && b.period""")
         self.assertEqual(overlaps, "0", "overlapping active bookings")
+        nbookings = int(self.m.psql("bookingd", "SELECT count(*) FROM bk_bookings"))
+        hmtest.log("%d bookings" % nbookings)
+        self.assertGreater(nbookings, 0, "the load made no booking at all")
+        # no booking without its saga settled: every saga done or compensated
+        self.assertEqual(self.m.psql("bookingd", "SELECT count(*) FROM bk_sagas WHERE state = "
+                                     "'running'"), "0")
+        # no partner hold without an active booking behind it
+        active = {r[0] for r in self.rows("bookingd", "SELECT booking_id FROM bk_bookings "
+                                          "WHERE status IN (1, 2, 3)")}
+        held = self.rows("partnersim", "SELECT reservation_id, booking_id FROM ps_reservations "
+                         "WHERE status = 1 AND (hold_until IS NULL OR hold_until > now())")
+        orphans = [h for h in held if h[1] not in active]
+        self.assertFalse(orphans, "partner holds without an active booking: %s" % orphans[:10])
+        # events: nothing lost; each effect once (processed_events is keyed by event id, the
+        # effects by their source event: guestd's interactions.source_event_id is UNIQUE)
+        produced = {r[0] for r in self.rows("bookingd", "SELECT event_id FROM outbox WHERE "
+                                            "event_type = 'booking.created'")}
+        consumed = {r[0] for r in self.rows("guestd", "SELECT event_id FROM processed_events "
+                                            "WHERE event_type = 'booking.created'")}
+        self.assertFalse(produced - consumed, "booking.created events guestd never consumed: "
+                         "%d of %d" % (len(produced - consumed), len(produced)))
+        effects = self.rows("guestd", "SELECT source_event_id, count(*) FROM interactions "
+                            "WHERE source_event_id IS NOT NULL GROUP BY 1")
+        self.assertEqual({r[0] for r in effects if r[0] in produced}, produced,
+                         "a booking.created event without its interaction in guestd")
+        rec = {r[0] for r in self.rows("guestd", "SELECT event_id FROM outbox WHERE "
+                                       "event_type = 'guest.interaction.recorded'")}
+        for d in ("gamificationd", "recommenderd"):
+            got = {r[0] for r in self.rows(d, "SELECT event_id FROM processed_events WHERE "
+                                           "event_type = 'guest.interaction.recorded'")}
+            self.assertFalse(rec - got, "guest.interaction.recorded events %s never consumed: "
+                             "%d of %d" % (d, len(rec - got), len(rec)))
+        # the points ledger balances: each transaction's entries sum to zero, and every
+        # account's balances equal the sums of its entries
+        self.assertEqual(self.m.psql("gamificationd", "SELECT count(*) FROM (SELECT txn_id FROM "
+                                     "gm_entries GROUP BY txn_id HAVING sum(amount) <> 0) t"),
+                         "0", "unbalanced ledger transactions")
+        bad = self.rows("gamificationd", """
+            SELECT a.guest_id, a.available, a.pending, a.redeemed, e.av, e.pe, e.re
+              FROM gm_accounts a LEFT JOIN (
+                SELECT guest_id,
+                       coalesce(sum(amount) FILTER (WHERE account = 'available'), 0) AS av,
+                       coalesce(sum(amount) FILTER (WHERE account = 'pending'), 0) AS pe,
+                       coalesce(sum(amount) FILTER (WHERE account = 'redeemed'), 0) AS re
+                  FROM gm_entries GROUP BY guest_id) e USING (guest_id)
+             WHERE a.available <> coalesce(e.av, 0) OR a.pending <> coalesce(e.pe, 0)
+                OR a.redeemed <> coalesce(e.re, 0)""")
+        self.assertFalse(bad, "balances differ from the ledger: %s" % bad[:5])
+        awards = int(self.m.psql("gamificationd", "SELECT count(*) FROM gm_transactions"))
+        self.assertGreater(awards, 0, "no award made it")
+        # caches agree with Postgres: the personalization context (cached in Redis) carries
+        # the profile version of the row
+        versions = dict(self.rows("guestd", "SELECT guest_id, version FROM guests WHERE "
+                                  "guest_id IN (%s)" % ",".join("'%s'" % g for g in self.guests)))
+        for g in self.guests:
+            ctx = self.m.rpc.call("guestd", G, "GetPersonalizationContext", {"guest_id": g},
+                                  self.svc)["context"]
+            self.assertEqual(str(ctx.get("profile_version", "")), versions[g],
+                             "guest %s: cached context disagrees with Postgres" % g)
+
+    # -- partnersim's fault injection (tools/partnersim/partnersim.proto, admin role)
+
+    def partner_faults(self, **fault):
+        from google.protobuf import descriptor_pb2
+
+        rpc = self.m.rpc
+        if "partnersim" not in rpc.addrs:
+            src = os.path.join(hmtest.SRC_ROOT, "tools", "partnersim")
+            out = os.path.join(self.m.pg.dir, "partnersim.binpb")
+            subprocess.run(["protoc", "-I" + src, "--descriptor_set_out=" + out,
+                            "partnersim.proto"], check=True, cwd=src)
+            with open(out, "rb") as f:
+                for fd in descriptor_pb2.FileDescriptorSet.FromString(f.read()).file:
+                    rpc.pool.Add(fd)
+            rpc.addrs["partnersim"] = self.m.partnersim.addr
+        rpc.call("partnersim", "hm.tools.partnersim.v1.PartnerSimAdmin", "SetFaults",
+                 {"faults": [fault] if fault else []}, self.svc)
 
     # -- the scenario
 
@@ -167,11 +275,26 @@ class MeshFaults(hmtest.TestCase):
             time.sleep(10)
             self.m.redis.start()
             time.sleep(3)
+            hmtest.log("partnersim fails every call for 4 s, then hangs for 4 s")
+            self.partner_faults(down=True)
+            time.sleep(4)
+            self.partner_faults(hang=True)
+            time.sleep(4)
+            self.partner_faults()
+            time.sleep(3)
         finally:
             results = load.stop()
-        hmtest.log("%d calls under faults" % len(results))
-        self.wait_quiet()
+        counts = {}
+        for op, code, _ in results:
+            counts["%s %s" % (op, code)] = counts.get("%s %s" % (op, code), 0) + 1
+        hmtest.log("%d calls under faults: %s" % (len(results), sorted(counts.items())))
+        for code, (t, op, detail) in sorted(load.details.items()):
+            hmtest.log("first %s at %s: %s: %s" % (code, time.strftime("%H:%M:%S",
+                                                                       time.gmtime(t)), op,
+                                                   detail))
         self.check_statuses(results)
+        self.wait_sagas_settled()
+        self.wait_quiet()
         self.check_invariants()
 
 

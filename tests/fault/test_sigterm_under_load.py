@@ -277,6 +277,9 @@ class DrainBlockedCalls(hmtest.TestCase):
         lock, results, threads, call) where call(i) starts one more call in a thread and
         results collects (request id, code, seconds)."""
         g = grpc()
+        # No consumer or tasks: only the calls under test may wait on the locked table (guestd's
+        # app-sync task reads it too).
+        env = dict(env or {}, HM_CONSUMERS="off")
         d = hmtest.Daemon("guestd", self.exe, grace="%ds" % GRACE_S, workers=workers,
                           label=hmtest.test_name() + "-" + label, env=env)
         d.start()

@@ -444,6 +444,41 @@ class Privacy(hmtest.TestCase):
         listed = self.rpc("ListRequests", self.pb.ListRequestsRequest(overdue_only=True),
                           hmtest.auth_md("staff-1", roles=("staff",)), d=self.g).requests
         self.assertIn(rid, [x.request_id for x in listed])
+        # an extension (staff, with a reason) moves the deadline and is recorded
+        staff = hmtest.auth_md("staff-1", roles=("staff",))
+        before = self.request_status(rid, d=self.g).due_at.ToDatetime()
+        q = self.rpc("ExtendRequestDeadline", self.pb.ExtendRequestDeadlineRequest(
+            request_id=rid, extension_days=30, reason="complex request"), staff, d=self.g).request
+        self.assertEqual((q.due_at.ToDatetime() - before).days, 30)
+        self.assertFalse(q.overdue)
+        self.assertEqual(len(q.extensions), 1)
+        x = q.extensions[0]
+        self.assertEqual((x.previous_due_at.ToDatetime(), x.due_at.ToDatetime(), x.reason,
+                          x.extended_by.id), (before, q.due_at.ToDatetime(), "complex request",
+                                              "staff-1"))
+        self.assertNotIn(rid, [r.request_id for r in self.rpc(
+            "ListRequests", self.pb.ListRequestsRequest(overdue_only=True), staff,
+            d=self.g).requests])
+        # GDPR allows two more months in total: 30 + 80 days is too much
+        e = self.assertRpcError("FAILED_PRECONDITION", self.rpc, "ExtendRequestDeadline",
+                                self.pb.ExtendRequestDeadlineRequest(
+                                    request_id=rid, extension_days=80, reason="more"), staff,
+                                self.g)
+        self.assertIn("jurisdiction", e.details())
+        self.assertEqual(len(self.request_status(rid, d=self.g).extensions), 1)
+        self.assertRpcError("INVALID_ARGUMENT", self.rpc, "ExtendRequestDeadline",
+                            self.pb.ExtendRequestDeadlineRequest(request_id=rid,
+                                                                 extension_days=5), staff, self.g)
+        self.assertRpcError("PERMISSION_DENIED", self.rpc, "ExtendRequestDeadline",
+                            self.pb.ExtendRequestDeadlineRequest(
+                                request_id=rid, extension_days=5, reason="x"),
+                            self.guest_md(g), self.g)
+        done = self.export(g)
+        self.wait_request(done.request.request_id, lambda q: q.status == COMPLETED)
+        self.assertRpcError("FAILED_PRECONDITION", self.rpc, "ExtendRequestDeadline",
+                            self.pb.ExtendRequestDeadlineRequest(
+                                request_id=done.request.request_id, extension_days=5,
+                                reason="x"), staff)
 
     # -- erasure
 

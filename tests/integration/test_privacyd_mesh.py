@@ -4,7 +4,9 @@ one Postgres cluster and one Redis of their own (tests/lib/hmmesh.py), partnersi
 for bookingd's partners.
 
 A guest gets data in every participant (guestd profile, preferences and interactions; bookingd
-a booking; gamificationd points; privacyd consents). Then:
+a booking; gamificationd points; recommenderd a tracked purchase and recommendations; privacyd
+consents). Then:
+- withdrawing personalization consent makes recommenderd's lists non-personalized within 1 s;
 - withdrawing personalization consent reaches guestd's personalization context within 1 s
   (guest.consent.updated through the bus);
 - the export has every participant's sections, with the summary, CSV and the data itself;
@@ -37,8 +39,10 @@ P_CONFIRMED, P_RETRYING = 3, 4
 PERSONALIZATION, MARKETING_EMAIL = 1, 2
 GRANTED, WITHDRAWN = 1, 3
 # Tables that keep the erased guest's id on purpose, by daemon: the participants' own records of
-# the erasure (their idempotency receipts). privacyd itself keeps only the id's hash.
-RETAINED = {"bookingd": {"bk_erasures"}, "guestd": {"guest_erasures"}}
+# the erasure (their idempotency receipts). privacyd itself keeps only the id's hash (so does
+# recommenderd's list of erased guests that its offline trainer skips).
+RETAINED = {"bookingd": {"bk_erasures"}, "guestd": {"guest_erasures"},
+            "recommenderd": {"rc_erasures"}}
 
 
 class PrivacyMesh(hmtest.TestCase):
@@ -51,8 +55,10 @@ class PrivacyMesh(hmtest.TestCase):
         from hospitality.gamification.v1 import gamification_pb2
         from hospitality.guest.v1 import guest_pb2
         from hospitality.privacy.v1 import privacy_pb2
+        from hospitality.recommender.v1 import recommender_pb2
 
         cls.pv, cls.bk, cls.gm, cls.gu = privacy_pb2, booking_pb2, gamification_pb2, guest_pb2
+        cls.rc = recommender_pb2
         cls.common, cls.dom, cls.bev = common_pb2, domain_pb2, booking_events_pb2
         cls.grpc = hmtest.grpc_mod()
         env = {"HM_PII_KEYS": "k1:" + hmtest.random_hex(), "HM_PII_INDEX_KEY": hmtest.random_hex(),
@@ -60,9 +66,9 @@ class PrivacyMesh(hmtest.TestCase):
                "HM_PRIVACY_PARTICIPANT_TIMEOUT": "3s", "HM_BOOKING_PARTNER_TIMEOUT": "3s"}
         names = [n for n in hmmesh.DAEMON_NAMES if os.environ.get("HM_TEST_%s_EXE" % n.upper())]
         cls.m = hmmesh.MeshStack(names, extra_env=env)
-        cls.m.pg = RoomyCluster()
         cls.m.start()
         cls.admin = hmtest.auth_md()
+        cls.staff = hmtest.auth_md("staff-1", roles=("staff",))
         # The participants: every daemon that answers the data-subject interface.
         cls.participants = []
         for n in names:
@@ -160,7 +166,29 @@ class PrivacyMesh(hmtest.TestCase):
         req.changes.add(purpose=PERSONALIZATION, status=GRANTED)
         req.changes.add(purpose=MARKETING_EMAIL, status=GRANTED)
         self.privacy("UpdateConsent", req, hmtest.auth_md(g, roles=("guest",)))
+        if "recommenderd" in self.participants:
+            items = []
+            for c in ("spa", "wine"):
+                for i in range(4):
+                    it = self.rc.Item(item_id="%s-%s%d" % (tag, c, i), name="%s %d" % (c, i),
+                                      category="%s_%s" % (tag, c), tags=[c], app=3)
+                    it.price.amount_minor, it.price.currency = 1000 * (i + 1), "EUR"
+                    items.append(it)
+            self.rec("UpsertItems", self.rc.UpsertItemsRequest(items=items), self.staff)
+            ev = self.rc.TrackedEvent(guest_id=g, type=self.rc.TRACKED_EVENT_TYPE_PURCHASE,
+                                      item_id=tag + "-spa0", event_id=str(uuid.uuid4()))
+            ev.transaction.transaction_id, ev.transaction.quantity = "t-" + tag, 1
+            self.rec("TrackEvents", self.rc.TrackEventsRequest(events=[ev]), self.staff)
+            until = time.monotonic() + 10
+            while not self.rec("Recommend", self.rc.RecommendRequest(guest_id=g,
+                                                                     limit=3)).personalized:
+                self.assertLess(time.monotonic(), until, "recommenderd never personalized")
+                time.sleep(0.1)
         return g, pii, b
+
+    def rec(self, method, req, md=None):
+        return self.call("recommenderd", "/hospitality.recommender.v1.RecommenderService/" + method,
+                         req, getattr(self.rc, method + "Response"), md)
 
     def test_consent_withdrawal_reaches_guestd_within_a_second(self):
         if "guestd" not in self.participants:
@@ -178,6 +206,24 @@ class PrivacyMesh(hmtest.TestCase):
             self.assertLess(time.monotonic() - t0, 1.0, "withdrawal took more than 1 s")
             time.sleep(0.02)
         hmtest.log("personalization withdrawn in guestd after %.0f ms" %
+                   ((time.monotonic() - t0) * 1000))
+
+    def test_consent_withdrawal_makes_recommendations_non_personalized(self):
+        if "recommenderd" not in self.participants:
+            self.skipTest("recommenderd is not part of this build")
+        g, _, _ = self.seed()  # personalized once the grant was seen
+        req = self.pv.UpdateConsentRequest(guest_id=g, source=1, notice_version="2026-11")
+        req.changes.add(purpose=PERSONALIZATION, status=WITHDRAWN)
+        self.privacy("UpdateConsent", req, hmtest.auth_md(g, roles=("guest",)))
+        t0 = time.monotonic()
+        while True:
+            r = self.rec("Recommend", self.rc.RecommendRequest(guest_id=g, limit=3))
+            if not r.personalized:
+                break
+            self.assertLess(time.monotonic() - t0, 1.0, "withdrawal took more than 1 s")
+            time.sleep(0.02)
+        self.assertEqual(r.non_personalized_reason, self.rc.NON_PERSONALIZED_REASON_NO_CONSENT)
+        hmtest.log("recommendations non-personalized %.0f ms after the withdrawal" %
                    ((time.monotonic() - t0) * 1000))
 
     def test_export_erasure_with_a_participant_down_and_nothing_left(self):
@@ -304,18 +350,6 @@ class PrivacyMesh(hmtest.TestCase):
             if kv.get("type") == "guest.data.deleted" and g in (kv.get("env") or ""):
                 return True
         return False
-
-
-class RoomyCluster(hmmesh.PostgresCluster):
-    """MeshStack's cluster with room for five daemons' connections (workers, tasks, consumer,
-    relay) and the test's psql: its default of 20 is too few for the whole mesh."""
-
-    def start(self):
-        opts = ("-k %s -p %d -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=80"
-                % (self.sock, self.port))
-        self._run([hmmesh.PG_BIN + "/pg_ctl", "-D", self.data, "-o", opts, "-l",
-                   os.path.join(self.dir, "log"), "-w", "-t", "30", "start"])
 
 
 def tables_holding(sql, needle, skip=()):

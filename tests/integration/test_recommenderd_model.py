@@ -25,6 +25,10 @@ from test_recommenderd import RecommenderBase  # noqa: E402
 
 
 class RecommenderModel(RecommenderBase):
+    # no bus consumer: test_recommenderd's daemon runs beside this one on the same Redis, in
+    # the same consumer group, and its events must not land in this daemon's database
+    extra_env = {"HM_CONSUMERS": "off"}
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()

@@ -59,7 +59,7 @@ class PostgresCluster:
 
     def start(self):
         opts = ("-k %s -p %d -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=20"
+                "-c full_page_writes=off -c shared_buffers=16MB -c max_connections=100"
                 % (self.sock, self.port))
         self._run([PG_BIN + "/pg_ctl", "-D", self.data, "-o", opts, "-l",
                    os.path.join(self.dir, "log"), "-w", "-t", "30", "start"])
@@ -90,18 +90,23 @@ class PostgresCluster:
 
 
 class RedisServer:
-    """A redis-server of its own on a TCP port, stoppable and restartable (no persistence:
-    a restart loses everything, as a crashed cache would)."""
+    """A redis-server of its own on a TCP port, stoppable (SIGKILL: a crash) and restartable,
+    persisted as the deployment's Redis is (deploy/k8s/components/redis: append-only file,
+    fsync every second), since its streams are the event bus: a restart keeps the events the
+    consumers have not read yet and their pending entries."""
 
     def __init__(self):
         self.port = hmtest.alloc_ports(1, hmtest.test_name() + "-redis")[0]
         self.addr = "127.0.0.1:%d" % self.port
         self.proc = None
+        base = os.environ.get("HM_TEST_TMPDIR") or tempfile.gettempdir()
+        self.dir = tempfile.mkdtemp(prefix="hm-mesh-redis-", dir=base)
 
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+             "--appendonly", "yes", "--appendfsync", "everysec", "--dir", self.dir,
+             "--daemonize", "no", "--loglevel", "warning"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         until = time.monotonic() + 10
@@ -154,6 +159,7 @@ class RedisServer:
 
     def destroy(self):
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
         hmtest.release_port(self.port)
 
 
@@ -196,10 +202,14 @@ class MeshStack:
             self.partnersim.start()
         for n, d in self.daemons.items():
             d.extra_env.update(peers)
+            # PII keys fixed for the stack's life: a restarted daemon must read what it wrote
+            # (Daemon.environment() would draw new random keys at every start)
+            d.extra_env.update({"HM_PII_KEYS": "k1:" + hmtest.random_hex(),
+                                "HM_PII_INDEX_KEY": hmtest.random_hex()})
             d.extra_env.update({"HM_REDIS_ADDR": self.redis.addr,
                                 "HM_SERVICE_TOKEN": hmtest.token(n, roles=("service",),
                                                                  ttl=24 * 3600),
-                                "HM_PRIVACY_PARTICIPANTS": ",".join(self.names)})
+                                "HM_DATA_SUBJECT_PEERS": ",".join(self.names)})
             d.extra_env.update(self.extra_env)
         for d in self.daemons.values():
             d.start()
@@ -210,7 +220,9 @@ class MeshStack:
         d = self.daemons[name]
         d.kill()
         d.start()
-        self.rpc.reset(name)
+        # The channel is kept: the daemon is back on the same port and grpc reconnects by
+        # itself (closing it here would fail the load's calls in flight with CANCELLED
+        # "Channel closed!", a client-side artefact).
 
     def psql(self, db, sql):
         r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-h", self.pg.sock, "-p",
@@ -241,6 +253,7 @@ class Load:
 
         self.rpc, self.ops, self.deadline, self.pause = rpc, ops, deadline, pause
         self.results = []
+        self.details = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(random.Random(i),),
@@ -256,6 +269,8 @@ class Load:
                 code = "OK"
             except grpc.RpcError as e:
                 code = e.code().name
+                if code not in self.details:  # the first of each status, for diagnosis
+                    self.details[code] = (time.time(), name, e.details())
             except Exception as e:  # a bug in the op itself: recorded, never hidden
                 code = "CLIENT_ERROR:%s" % type(e).__name__
             with self.lock:

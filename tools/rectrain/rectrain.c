@@ -84,9 +84,11 @@ static int from_db(const char *conninfo, rows_t *rows, strtab_t *items)
         PQfinish(c);
         return -1;
     }
-    PGresult *r = PQexec(c, "SELECT guest_id::text, item_id, sum(weight) FROM rc_events e WHERE "
-                            "item_id <> '' AND weight > 0 AND NOT EXISTS (SELECT 1 FROM "
-                            "rc_erased_guests x WHERE x.guest_id = e.guest_id) GROUP BY 1, 2");
+    PGresult *r = PQexec(
+        c, "SELECT guest_id::text, item_id, sum(weight) FROM rc_events e WHERE "
+           "item_id <> '' AND weight > 0 AND NOT EXISTS (SELECT 1 FROM "
+           "rc_erased_guests x WHERE x.guest_hash = encode(sha256(convert_to(e.guest_id::text, "
+           "'UTF8')), 'hex')) GROUP BY 1, 2");
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         fprintf(stderr, "rectrain: %s", PQerrorMessage(c));
         PQclear(r);

@@ -6,6 +6,7 @@ DROP FUNCTION pv_audit_immutable();
 DROP TABLE pv_own_erasures;
 DROP TABLE pv_suppressed;
 DROP TABLE pv_exports;
+DROP TABLE pv_extensions;
 DROP TABLE pv_participants;
 DROP TABLE pv_requests;
 DROP TABLE pv_consent_history;

@@ -106,6 +106,19 @@ CREATE TABLE pv_participants (
     PRIMARY KEY (request_id, participant)
 );
 
+-- Extensions of a request's statutory deadline, oldest first.
+CREATE TABLE pv_extensions (
+    id              bigserial   PRIMARY KEY,
+    request_id      uuid        NOT NULL REFERENCES pv_requests ON DELETE CASCADE,
+    previous_due_at timestamptz NOT NULL,
+    due_at          timestamptz NOT NULL,
+    reason          text        NOT NULL,
+    actor_type      int         NOT NULL,
+    actor_id        text        NOT NULL,
+    extended_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX pv_extensions_request ON pv_extensions (request_id, id);
+
 -- Finished exports: a packed hospitality.privacy.v1.DataExport encrypted with the PII keyring
 -- (aad "privacyd:export:<request id>"); deleted after expires_at by the retention task.
 CREATE TABLE pv_exports (

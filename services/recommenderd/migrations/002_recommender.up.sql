@@ -141,7 +141,8 @@ CREATE TABLE rc_feedback (
 CREATE INDEX rc_feedback_guest ON rc_feedback (guest_id);
 CREATE INDEX rc_feedback_offer ON rc_feedback (offer_id) WHERE offer_id <> '';
 
--- Erasures: receipts by request id, and the erased guests a model must not carry.
+-- Erasures: receipts by request id, and the erased guests a model must not carry, kept only as
+-- SHA-256 of the guest id (like privacyd's suppression list): no id of an erased guest stays.
 CREATE TABLE rc_erasures (
     request_id text PRIMARY KEY,
     guest_id   uuid        NOT NULL,
@@ -149,7 +150,7 @@ CREATE TABLE rc_erasures (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE rc_erased_guests (
-    guest_id  uuid PRIMARY KEY,
+    guest_hash text PRIMARY KEY,
     erased_at timestamptz NOT NULL DEFAULT now()
 );
 

@@ -103,7 +103,7 @@ static void test_limits_and_conflicts(void **state)
     } cases[] = {
         {{{GD_ID_EMAIL, 0, 5}, {GD_ID_APP_USER, 1, 1}}, 2, -1},
         {{{GD_ID_EMAIL, 0, 6}}, 1, 0},
-        {{{GD_ID_EMAIL, 0, 2}, {GD_ID_APP_USER, 1, 2}}, 2, 1}, /* two accounts of one app */
+        {{{GD_ID_EMAIL, 0, 2}, {GD_ID_APP_USER, 1, 2}}, 2, 1},     /* two accounts of one app */
         {{{GD_ID_APP_USER, 1, 1}, {GD_ID_APP_USER, 2, 1}}, 2, -1}, /* one per app */
         {{{GD_ID_PHONE, 0, 3}, {GD_ID_SESSION, 0, 100}, {GD_ID_DEVICE, 0, 11}}, 3, 2},
         {{{GD_ID_SESSION, 0, 101}}, 1, 0},
