@@ -320,6 +320,46 @@ int mkt_load_items(hm_call_t *call, char **ids, size_t n, mkt_item_t *out)
 
 /* ---- templates ---- */
 
+/* The built-in template (docs/samples/weekly_picks.*.mustache, embedded at build time): used
+ * while no stored template of its id exists, and when GenerateEmail names no template. */
+#define DEFAULT_TEMPLATE "weekly_picks"
+extern const unsigned char mk_default_subject[], mk_default_html[], mk_default_text[];
+
+static Hospitality__Marketing__V1__EmailTemplate *builtin_tpl(hm_arena_t *a)
+{
+    Hospitality__Marketing__V1__EmailTemplate *t = hm_arena_alloc(a, sizeof *t);
+    hospitality__marketing__v1__email_template__init(t);
+    t->template_id = DEFAULT_TEMPLATE;
+    t->name = "Weekly picks (built-in)";
+    t->subject_template = (char *)mk_default_subject;
+    t->html_template = (char *)mk_default_html;
+    t->text_template = (char *)mk_default_text;
+    t->active = true;
+    static const struct {
+        const char *name;
+        bool required;
+    } fields[] = {{"first_name", true}, {"hotel_name", true}, {"unsubscribe_url", true}};
+    t->personalization_fields = hm_arena_alloc(a, 3 * sizeof(void *));
+    for (size_t i = 0; i < 3; i++) {
+        Hospitality__Marketing__V1__PersonalizationField *f = hm_arena_alloc(a, sizeof *f);
+        hospitality__marketing__v1__personalization_field__init(f);
+        f->name = (char *)fields[i].name;
+        f->required = fields[i].required;
+        t->personalization_fields[t->n_personalization_fields++] = f;
+    }
+    t->variants = hm_arena_alloc(a, 2 * sizeof(void *));
+    for (int i = 0; i < 2; i++) {
+        Hospitality__Marketing__V1__TemplateVariant *v = hm_arena_alloc(a, sizeof *v);
+        hospitality__marketing__v1__template_variant__init(v);
+        v->variant_id = i ? "b" : "a";
+        v->weight = 50;
+        if (i)
+            v->subject_template = "{{first_name}}, we picked these for you";
+        t->variants[t->n_variants++] = v;
+    }
+    return t;
+}
+
 static const hm_stmt_t st_tpl_latest = {
     "mk_tpl_latest",
     "SELECT version, active, template, " TS_US("created_at") ", (SELECT " TS_US(
@@ -328,6 +368,8 @@ static const hm_stmt_t st_tpl_latest = {
                            "mk_templates WHERE template_id = "
                            "$1 ORDER BY version DESC LIMIT 1",
     1};
+static const hm_stmt_t st_tpl_stored = {
+    "mk_tpl_stored", "SELECT 1 FROM mk_templates WHERE template_id = $1 LIMIT 1", 1};
 static const hm_stmt_t st_tpl_lock = {
     "mk_tpl_lock", "SELECT pg_advisory_xact_lock(hashtext('mk_template:' || $1))", 1};
 static const hm_stmt_t st_tpl_ins = {
@@ -580,6 +622,25 @@ REC_HANDLER(mkt_list_email_templates)
         ids[resp->n_templates] = t->template_id;
         resp->templates[resp->n_templates++] = t;
     }
+    if (n <= size) { /* the last page: the built-in template while none replaces it */
+        const char *dp[1] = {DEFAULT_TEMPLATE};
+        PGresult *d;
+        if ((rc = hm_db_exec_arena(call->db, a, &st_tpl_stored, dp, NULL, NULL, &d)) != 0)
+            return hm_call_fail(call, rc, "list templates");
+        if (PQntuples(d) == 0) {
+            Hospitality__Marketing__V1__EmailTemplate **v =
+                hm_arena_alloc(a, (resp->n_templates + 1) * sizeof *v);
+            char **vi = hm_arena_alloc(a, (resp->n_templates + 1) * sizeof *vi);
+            if (resp->n_templates) {
+                memcpy(v, resp->templates, resp->n_templates * sizeof *v);
+                memcpy(vi, ids, resp->n_templates * sizeof *vi);
+            }
+            resp->templates = v;
+            ids = vi;
+            ids[resp->n_templates] = DEFAULT_TEMPLATE;
+            resp->templates[resp->n_templates++] = builtin_tpl(a);
+        }
+    }
     if (resp->n_templates) {
         const char *sp[1] = {rec_text_array(a, ids, resp->n_templates)};
         PGresult *s;
@@ -661,8 +722,10 @@ static hm_status_t validate_generate(hm_call_t *call,
 {
     if (!hm_uuid_valid(req->guest_id))
         return hm_call_invalid(call, "guest_id", "guest_id must be a UUID");
-    if (!valid_id(req->template_id, 64))
-        return hm_call_invalid(call, "template_id", "1..64 characters of a-z, 0-9, '_', '-', '.'");
+    if (req->template_id[0] && !valid_id(req->template_id, 64))
+        return hm_call_invalid(call, "template_id",
+                               "empty (weekly_picks) or 1..64 characters of a-z, 0-9, '_', '-', "
+                               "'.'");
     if (req->campaign_id[0] && !valid_id(req->campaign_id, 64))
         return hm_call_invalid(call, "campaign_id",
                                "empty or 1..64 characters of a-z, 0-9, '_', '-', '.'");
@@ -777,15 +840,17 @@ REC_HANDLER(mkt_generate_email)
                              "the guest has no marketing-email consent");
 
     int rc;
-    Hospitality__Marketing__V1__EmailTemplate *t = load_tpl(call->db, a, req->template_id, &rc);
+    const char *tid = req->template_id[0] ? req->template_id : DEFAULT_TEMPLATE;
+    Hospitality__Marketing__V1__EmailTemplate *t = load_tpl(call->db, a, tid, &rc);
     if (rc != 0)
         return hm_call_fail(call, rc, "load template");
+    if (!t && strcmp(tid, DEFAULT_TEMPLATE) == 0)
+        t = builtin_tpl(a);
     if (!t)
-        return hm_call_error(call, HM_CODE_NOT_FOUND, "NOT_FOUND", "no template %s",
-                             req->template_id);
+        return hm_call_error(call, HM_CODE_NOT_FOUND, "NOT_FOUND", "no template %s", tid);
     if (!t->active)
         return hm_call_error(call, HM_CODE_FAILED_PRECONDITION, "TEMPLATE_INACTIVE",
-                             "template %s is inactive", req->template_id);
+                             "template %s is inactive", tid);
 
     /* the variant: forced, recorded earlier for this campaign, or picked by hash */
     const Hospitality__Marketing__V1__TemplateVariant *variant = NULL;
@@ -795,10 +860,10 @@ REC_HANDLER(mkt_generate_email)
             if (strcmp(t->variants[i]->variant_id, req->variant_id) == 0)
                 variant = t->variants[i];
         if (!variant)
-            return hm_call_invalid(call, "variant_id", "template %s has no variant %s",
-                                   req->template_id, req->variant_id);
+            return hm_call_invalid(call, "variant_id", "template %s has no variant %s", tid,
+                                   req->variant_id);
     } else if (t->n_variants) {
-        const char *ap[3] = {req->guest_id, req->campaign_id, req->template_id};
+        const char *ap[3] = {req->guest_id, req->campaign_id, tid};
         PGresult *r;
         if ((rc = hm_db_exec_arena(call->db, a, &st_assign_get, ap, NULL, NULL, &r)) != 0)
             return hm_call_fail(call, rc, "load assignment");
@@ -811,9 +876,8 @@ REC_HANDLER(mkt_generate_email)
             int32_t *w = hm_arena_alloc(a, t->n_variants * sizeof *w);
             for (size_t i = 0; i < t->n_variants; i++)
                 w[i] = t->variants[i]->weight;
-            int k = mk_pick(
-                hm_arena_printf(a, "%s/%s/%s", req->guest_id, req->campaign_id, req->template_id),
-                w, t->n_variants);
+            int k = mk_pick(hm_arena_printf(a, "%s/%s/%s", req->guest_id, req->campaign_id, tid), w,
+                            t->n_variants);
             variant = t->variants[k < 0 ? 0 : k];
             record = true;
         }
