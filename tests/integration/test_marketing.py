@@ -42,13 +42,27 @@ DS = "/hospitality.privacy.v1.DataSubjectService/"
 PERSONALIZATION, MARKETING_EMAIL = 1, 2
 GRANTED, WITHDRAWN = 1, 3
 UNSUBSCRIBE_LINK = 5
-TEAL = (0x12, 0xAB, 0x34)
+SEA = (0x1B, 0x8A, 0x9E)
 SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "samples")
 
 
-def png_encode(w, h, rgb):
-    """A solid-colour RGB PNG."""
-    raw = b"".join(b"\x00" + bytes(rgb) * w for _ in range(h))
+def png_encode(w, h, sea):
+    """A small seascape: a sky gradient with a sun over the upper 35 %, the sea (one solid
+    colour) below."""
+    rows = []
+    for y in range(h):
+        line = bytearray(b"\x00")
+        for x in range(w):
+            if y >= h * 35 // 100:
+                px = sea
+            elif (x - w // 4) ** 2 + (y - h // 6) ** 2 <= (h // 10) ** 2:
+                px = (0xFF, 0xD1, 0x66)
+            else:
+                t = y / (h * 0.35)
+                px = (0xF7, int(0xB2 + (0xE3 - 0xB2) * t), int(0x8C + (0xD6 - 0x8C) * t))
+            line += bytes(px)
+        rows.append(bytes(line))
+    raw = b"".join(rows)
 
     def chunk(t, d):
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
@@ -133,7 +147,7 @@ class Marketing(hmtest.TestCase):
         cls.assets = os.path.join(base, "mk-assets-%s" % uuid.uuid4().hex[:8])
         os.makedirs(os.path.join(cls.assets, "items"))
         with open(os.path.join(cls.assets, "items", "teal.png"), "wb") as f:
-            f.write(png_encode(64, 48, TEAL))
+            f.write(png_encode(64, 48, SEA))
         cls.key = hmtest.random_hex()
         env = {"HM_MKT_UNSUBSCRIBE_KEY": cls.key, "HM_REC_ASSET_DIR": cls.assets,
                "HM_MKT_SITE_URL": "https://hotel.test", "HM_MKT_SENDER_NAME": "Casa Azul & Co",
@@ -171,19 +185,22 @@ class Marketing(hmtest.TestCase):
     @classmethod
     def catalogue(cls):
         """Items ranked by popularity (purchases by other guests): teal (a real image), missing
-        (its file does not exist), unsafe (a path outside the asset folder), then two more."""
+        (its file does not exist), unsafe (a path outside the asset folder), then two more.
+        Keys name the test's roles, ids look like a real catalogue's (docs/samples)."""
         items = []
-        spec = [("teal", "spa", "Sunrise Spa Ritual", 4500, "items/teal.png"),
-                ("missing", "dining", "Truffle Tasting Menu", 8900, "items/missing.png"),
-                ("unsafe", "wine", "Douro Wine Flight", 3200, "../../etc/passwd"),
-                ("boat", "outdoor", "Sunset Boat Trip", 6000, ""),
-                ("pasta", "dining", "Pasta <Class> & Lunch", 5500, "")]
+        spec = [("teal", "spa-sunrise-ritual", "spa", "Sunrise Spa Ritual", 4500,
+                 "items/teal.png"),
+                ("missing", "truffle-tasting-menu", "dining", "Truffle Tasting Menu", 8900,
+                 "items/missing.png"),
+                ("unsafe", "douro-wine-flight", "wine", "Douro Wine Flight", 3200,
+                 "../../etc/passwd"),
+                ("boat", "sunset-boat-trip", "outdoor", "Sunset Boat Trip", 6000, ""),
+                ("pasta", "pasta-class-lunch", "dining", "Pasta <Class> & Lunch", 5500, "")]
         cls.item_ids = {}
-        for key, cat, name, price, image in spec:
-            iid = "mk-" + key
+        for key, iid, cat, name, price, image in spec:
             cls.item_ids[key] = iid
             it = cls.rc.Item(item_id=iid, name=name, category=cat, image_file=image,
-                             image_url="https://cdn.hotel.test/%s.jpg" % key, tags=[cat])
+                             image_url="https://cdn.hotel.test/%s.jpg" % iid, tags=[cat])
             it.price.amount_minor, it.price.currency = price, "EUR"
             items.append(it)
         cls.rec("UpsertItems", cls.rc.UpsertItemsRequest(items=items), cls.staff)
@@ -497,9 +514,9 @@ class Marketing(hmtest.TestCase):
             x, y, tw, th = tile_rect(b.layout, s.position)
             centre = px[y + th // 2][x + tw // 2]
             if s.item_id == self.item_ids["teal"]:
-                self.assertEqual(centre, TEAL)
+                self.assertEqual(centre, SEA)
             else:
-                self.assertNotEqual(centre, TEAL)
+                self.assertNotEqual(centre, SEA)
                 self.assertNotEqual(centre, hex_rgb(b.theme.primary_color))
         # deterministic
         self.assertEqual(self.board(g, include_png=True).png, r.png)
