@@ -95,6 +95,7 @@ static void fini(void *app)
     (void)app;
     rec_history_shutdown();
     rec_model_shutdown();
+    mkt_board_shutdown();
 }
 
 #define RC(rpc, snake, fn, ...)                                                                    \

@@ -2,9 +2,9 @@
  * marketing.c - MarketingService's email half (docs/marketing.md): versioned templates
  * (UpsertEmailTemplate, ListEmailTemplates with per-variant statistics), GenerateEmail
  * (consent from privacyd, the guest from guestd, live recommendations through Recommend's own
- * code path, a deterministic A/B variant, render.c), and Unsubscribe (an HMAC-signed token that
- * withdraws marketing-email consent through privacyd). Also the guest look-ups GetVisionBoard
- * shares and the erasure of the marketing rows.
+ * code path, a deterministic A/B variant, render.c), Unsubscribe (an HMAC-signed token that
+ * withdraws marketing-email consent through privacyd), GetVisionBoard's data (the guest,
+ * interests, recommendations; board.c lays it out) and the erasure of the marketing rows.
  */
 #include <ctype.h>
 #include <openssl/crypto.h>
@@ -92,15 +92,6 @@ const char *mkt_first_name(hm_arena_t *a, const char *name)
         name++;
     size_t n = strcspn(name, " \t\r\n");
     return hm_arena_strndup(a, name, n);
-}
-
-const char *mkt_price(hm_arena_t *a, int64_t minor, const char *currency)
-{
-    bool neg = minor < 0;
-    uint64_t m = neg ? (uint64_t)0 - (uint64_t)minor : (uint64_t)minor;
-    return hm_arena_printf(a, "%s%s%s%llu.%02llu", currency && *currency ? currency : "",
-                           currency && *currency ? " " : "", neg ? "-" : "",
-                           (unsigned long long)(m / 100), (unsigned long long)(m % 100));
 }
 
 static bool uuid_bytes(const char *s, unsigned char out[16])
@@ -1047,6 +1038,96 @@ REC_HANDLER(mkt_unsubscribe)
     if (!resp->effective_at)
         resp->effective_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
     HM_INFO("email %s: marketing-email consent withdrawn through its unsubscribe link", email);
+    *out = &resp->base;
+    return HM_STATUS_OK;
+}
+
+/* ---- GetVisionBoard (the layout in board.c, drawn by board_png.c) ---- */
+
+static const hm_stmt_t st_interests = {
+    "mk_interests",
+    "SELECT value FROM rc_interests WHERE guest_id = $1::uuid ORDER BY confidence DESC, value "
+    "LIMIT 8",
+    1};
+
+static bool has(char **v, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i], s) == 0)
+            return true;
+    return false;
+}
+
+REC_HANDLER(mkt_get_vision_board)
+{
+    const Hospitality__Marketing__V1__GetVisionBoardRequest *req = (const void *)in;
+    hm_arena_t *a = &call->arena;
+    if (!hm_uuid_valid(req->guest_id))
+        return hm_call_invalid(call, "guest_id", "guest_id must be a UUID");
+    if (req->width_px && (req->width_px < 300 || req->width_px > 2400))
+        return hm_call_invalid(call, "width_px", "0 (1200) or within 300..2400");
+    if (req->height_px && (req->height_px < 200 || req->height_px > 1600))
+        return hm_call_invalid(call, "height_px", "0 (800) or within 200..1600");
+    if (req->theme_name[0] && !mkt_theme(req->theme_name))
+        return hm_call_invalid(call, "theme_name",
+                               "one of warm_evening, ocean_breeze, garden_fresh, midnight");
+
+    mkt_guest_t g;
+    mkt_load_guest(call, req->guest_id, &g);
+    if (g.profile_status.code == HM_CODE_NOT_FOUND)
+        return hm_call_error(call, HM_CODE_NOT_FOUND, "NOT_FOUND", "guestd knows no guest %s",
+                             req->guest_id);
+    /* interests only with personalization consent (privacyd, cached like Recommend's) */
+    char **interests = hm_arena_alloc(a, 16 * sizeof *interests);
+    size_t ni = 0;
+    if (rec_consent(call, req->guest_id) == 1) {
+        const Hospitality__Guest__V1__PersonalizationContext *c = g.context;
+        if (c && c->personalization_allowed && c->preferences)
+            for (size_t i = 0; i < c->preferences->n_favorite_categories && ni < 8; i++)
+                if (!has(interests, ni, c->preferences->favorite_categories[i]))
+                    interests[ni++] = c->preferences->favorite_categories[i];
+        const char *p[1] = {req->guest_id};
+        PGresult *r;
+        int rc = hm_db_exec_arena(call->db, a, &st_interests, p, NULL, NULL, &r);
+        if (rc != 0)
+            return hm_call_fail(call, rc, "load interests");
+        for (int i = 0; i < PQntuples(r) && ni < 16; i++)
+            if (!has(interests, ni, rec_str(r, i, 0)))
+                interests[ni++] = hm_arena_strdup(a, rec_str(r, i, 0));
+    }
+    hm_status_t st;
+    Hospitality__Recommender__V1__RecommendResponse *recs =
+        mkt_recommend(call, req->guest_id, 4, &st);
+    if (!recs)
+        return st;
+    char **ids = hm_arena_alloc(a, (recs->n_items + 1) * sizeof *ids);
+    for (size_t i = 0; i < recs->n_items; i++)
+        ids[i] = recs->items[i]->item_id;
+    mkt_item_t *items = hm_arena_alloc(a, (recs->n_items + 1) * sizeof *items);
+    int rc = mkt_load_items(call, ids, recs->n_items, items);
+    if (rc != 0)
+        return hm_call_fail(call, rc, "load items");
+    Hospitality__Marketing__V1__VisionBoard *b = mkt_board_build(
+        a, req->guest_id, mkt_first_name(a, g.profile ? g.profile->name : NULL), interests, ni,
+        items, recs->n_items, req->theme_name, req->width_px ? req->width_px : 1200,
+        req->height_px ? req->height_px : 800);
+    Hospitality__Marketing__V1__GetVisionBoardResponse *resp = hm_arena_alloc(a, sizeof *resp);
+    hospitality__marketing__v1__get_vision_board_response__init(resp);
+    resp->board = b;
+    resp->generated_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
+    if (req->include_png) {
+        const char **files = hm_arena_zalloc(a, b->n_sections * sizeof *files);
+        for (size_t i = 0; i < b->n_sections; i++)
+            for (size_t k = 0; k < recs->n_items; k++)
+                if (b->sections[i]->item_id[0] && strcmp(b->sections[i]->item_id, items[k].id) == 0)
+                    files[i] = items[k].image_file;
+        uint8_t *png;
+        size_t len;
+        if ((rc = mkt_board_png(a, b, files, rec_cfg.asset_dir, &png, &len)) != 0)
+            return hm_call_fail(call, rc, "render board");
+        resp->png.data = png;
+        resp->png.len = len;
+    }
     *out = &resp->base;
     return HM_STATUS_OK;
 }

@@ -69,6 +69,8 @@ int mkt_board_png(hm_arena_t *a, const Hospitality__Marketing__V1__VisionBoard *
                   const char *const *files, const char *asset_dir, uint8_t **png, size_t *len);
 /* Loads the board fonts once (board_png.c); 0. */
 int mkt_board_warm_up(void);
+/* Releases cairo's and fontconfig's caches at exit (after the last board). */
+void mkt_board_shutdown(void);
 /* Pixel rectangle of a grid position on a board (the PNG test computes the same). */
 void mkt_board_rect(const Hospitality__Marketing__V1__BoardLayout *l,
                     const Hospitality__Marketing__V1__GridPosition *p, int *x, int *y, int *w,
