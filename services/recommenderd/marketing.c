@@ -1166,19 +1166,21 @@ int mkt_erase(hm_db_t *db, hm_arena_t *a, const char *guest, bool anonymize,
                                &r)) != 0)
         return rc;
     Hospitality__Privacy__V1__SectionCount *c2 = section_count(a, "marketing_emails", PQntuples(r));
-    /* the receipt's lists are grown here: subject.c sized them for its own sections */
+    /* the receipt's lists are grown here (subject.c sized them for its own sections); a guest
+     * without marketing rows gets no marketing lines */
     Hospitality__Privacy__V1__SectionCount **d =
         hm_arena_alloc(a, (receipt->n_deleted + 2) * sizeof *d);
     if (receipt->n_deleted)
         memcpy(d, receipt->deleted, receipt->n_deleted * sizeof *d);
-    d[receipt->n_deleted++] = c1;
+    if (c1->count)
+        d[receipt->n_deleted++] = c1;
     Hospitality__Privacy__V1__SectionCount **an =
         hm_arena_alloc(a, (receipt->n_anonymized + 1) * sizeof *an);
     if (receipt->n_anonymized)
         memcpy(an, receipt->anonymized, receipt->n_anonymized * sizeof *an);
-    if (anonymize)
+    if (c2->count && anonymize)
         an[receipt->n_anonymized++] = c2;
-    else
+    else if (c2->count)
         d[receipt->n_deleted++] = c2;
     receipt->deleted = d;
     receipt->anonymized = an;

@@ -78,7 +78,7 @@ void mkt_board_rect(const Hospitality__Marketing__V1__BoardLayout *l,
 
 /* Erasure of the guest's marketing rows inside subject.c's transaction: assignments are
  * deleted, emails deleted (anonymize: unlinked from the guest and kept for the variant
- * statistics). The counts go into the receipt's lists. 0 or an hm_db error. */
+ * statistics). Non-zero counts go into the receipt's lists. 0 or an hm_db error. */
 int mkt_erase(hm_db_t *db, hm_arena_t *a, const char *guest, bool anonymize,
               Hospitality__Privacy__V1__ErasureReceipt *receipt);
 

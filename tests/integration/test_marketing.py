@@ -228,6 +228,15 @@ class Marketing(hmtest.TestCase):
         req.changes.add(purpose=MARKETING_EMAIL, status=GRANTED if marketing else 2)
         self.call("privacyd", PV + "UpdateConsent", req, self.pv.UpdateConsentResponse,
                   hmtest.auth_md(g, roles=("guest",)))
+        # guestd learns of the consent through the bus (guest.consent.updated): wait for it, so
+        # that its personalization context (segments, favourites) is allowed
+        until = time.monotonic() + 10
+        while not self.call("guestd", GS + "GetPersonalizationContext",
+                            self.gu.GetPersonalizationContextRequest(guest_id=g),
+                            self.gu.GetPersonalizationContextResponse).context \
+                .personalization_allowed:
+            self.assertLess(time.monotonic(), until, "guestd never saw the consent")
+            time.sleep(0.05)
         return g
 
     def template(self, tid, **kw):
