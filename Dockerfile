@@ -17,7 +17,7 @@ RUN apt-get update \
       meson ninja-build pkg-config gcc python3 \
       libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler libprotobuf-dev \
       grpc-proto libpq-dev libhiredis-dev libcurl4-openssl-dev libjwt-dev libjansson-dev \
-      libmicrohttpd-dev libssl-dev uuid-dev \
+      libmicrohttpd-dev libssl-dev uuid-dev libcairo2-dev \
       golang-go golang-grpc-gateway golang-github-grpc-ecosystem-grpc-gateway-dev \
       golang-github-gogo-googleapis-dev golang-google-grpc-dev golang-goprotobuf-dev \
       golang-google-genproto-dev \
@@ -37,7 +37,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libgrpc29 libprotobuf-c1 libpq5 libhiredis0.14 libcurl4 libjwt0 libjansson4 \
-      libmicrohttpd12 libssl3 libuuid1 ca-certificates \
+      libmicrohttpd12 libssl3 libuuid1 libcairo2 fonts-dejavu-core ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 hm \
  && useradd --system --uid 10001 --gid hm --no-create-home --home-dir /nonexistent \

@@ -10,6 +10,7 @@
 #include "hm/log.h"
 #include "hm/migrate.h"
 #include "hospitality/privacy/v1/privacy.pb-c.h"
+#include "marketing.h"
 #include "rec.h"
 
 extern const hm_migration_t recommenderd_migrations[];
@@ -32,6 +33,16 @@ static const hm_cfg_var_t config_vars[] = {
                3600000, NULL, 0, "privacyd's consent answers cached this long"),
     HM_CFG_VAR(rec_config_t, half_life_ms, "HM_REC_HALF_LIFE", HM_CFG_DURATION, "336h", 3600000,
                31536000000LL, NULL, 0, "half-life of popularity and affinity decay"),
+    HM_CFG_VAR(rec_config_t, mkt_unsubscribe_key, "HM_MKT_UNSUBSCRIBE_KEY", HM_CFG_STR, "", 0, 0,
+               NULL, HM_CFG_SECRET,
+               "64 hex digits: HMAC key of unsubscribe links (empty: GenerateEmail refuses)"),
+    HM_CFG_VAR(rec_config_t, mkt_site_url, "HM_MKT_SITE_URL", HM_CFG_STR,
+               "https://hospitality.example", 0, 0, NULL, 0,
+               "base URL of item and unsubscribe links in marketing email"),
+    HM_CFG_VAR(rec_config_t, mkt_sender_name, "HM_MKT_SENDER_NAME", HM_CFG_STR, "Hospitality Mesh",
+               0, 0, NULL, 0, "sender named in marketing email ({{hotel_name}})"),
+    HM_CFG_VAR(rec_config_t, asset_dir, "HM_REC_ASSET_DIR", HM_CFG_STR, "", 0, 0, NULL, 0,
+               "folder of the catalogue's image_file images (vision boards; empty: none)"),
 };
 
 /* "name=w,..." with strategy names as in the enum, lower case, without the prefix. */
@@ -76,7 +87,7 @@ static int init(const hm_common_config_t *common, void **app)
         if (rec_model_reload(rec_cfg.model_path, &changed, err, sizeof err) != 0)
             HM_WARN("model not loaded, serving without one: %s", err);
     }
-    return 0;
+    return mkt_init();
 }
 
 static void fini(void *app)
@@ -84,6 +95,7 @@ static void fini(void *app)
     (void)app;
     rec_history_shutdown();
     rec_model_shutdown();
+    mkt_board_shutdown();
 }
 
 #define RC(rpc, snake, fn, ...)                                                                    \
@@ -148,7 +160,24 @@ static const hm_method_t subject_methods[] = {
 };
 static const hm_service_t subject_service = {"hospitality.privacy.v1.DataSubjectService",
                                              subject_methods, 2};
-static const hm_service_t *const services[] = {&service, &subject_service};
+#define MK(rpc, snake, fn, ...)                                                                    \
+    {                                                                                              \
+        "/hospitality.marketing.v1.MarketingService/" #rpc,                                        \
+            &hospitality__marketing__v1__##snake##_request__descriptor,                            \
+            &hospitality__marketing__v1__##snake##_response__descriptor, fn, __VA_ARGS__           \
+    }
+static const hm_method_t marketing_methods[] = {
+    MK(GenerateEmail, generate_email, mkt_generate_email, SELF),
+    MK(UpsertEmailTemplate, upsert_email_template, mkt_upsert_email_template, STAFF),
+    MK(ListEmailTemplates, list_email_templates, mkt_list_email_templates, STAFF),
+    MK(GetVisionBoard, get_vision_board, mkt_get_vision_board, SELF),
+    /* the token is the credential (a link in an email) */
+    MK(Unsubscribe, unsubscribe, mkt_unsubscribe, {.open = true}),
+};
+static const hm_service_t marketing_service = {
+    "hospitality.marketing.v1.MarketingService", marketing_methods,
+    sizeof marketing_methods / sizeof marketing_methods[0]};
+static const hm_service_t *const services[] = {&service, &subject_service, &marketing_service};
 
 static const char *const streams[] = {"hm:events:booking", "hm:events:order",
                                       "hm:events:marketplace", "hm:events:guest"};
@@ -176,7 +205,7 @@ int main(int argc, char **argv)
         .default_grpc_addr = "0.0.0.0:50053",
         .default_admin_addr = "0.0.0.0:9103",
         .services = services,
-        .nservices = 2,
+        .nservices = sizeof services / sizeof services[0],
         .config_vars = config_vars,
         .nconfig_vars = sizeof config_vars / sizeof config_vars[0],
         .config = &rec_cfg,

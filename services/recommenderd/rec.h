@@ -27,6 +27,11 @@ typedef struct rec_config {
     int64_t cache_ttl_ms;   /* HM_REC_CACHE_TTL: served lists cached per guest and request */
     int64_t consent_ttl_ms; /* HM_REC_CONSENT_TTL: privacyd's answer cached */
     int64_t half_life_ms;   /* HM_REC_HALF_LIFE: decay of popularity and affinities */
+    /* marketing (marketing.c, board.c) */
+    const char *mkt_unsubscribe_key; /* HM_MKT_UNSUBSCRIBE_KEY: 64 hex, signs unsubscribe links */
+    const char *mkt_site_url;        /* HM_MKT_SITE_URL: base of links in email */
+    const char *mkt_sender_name;     /* HM_MKT_SENDER_NAME: {{hotel_name}} */
+    const char *asset_dir;           /* HM_REC_ASSET_DIR: catalogue image_file root ("": none) */
 } rec_config_t;
 
 extern rec_config_t rec_cfg;

@@ -17,6 +17,7 @@
 
 #include "hm/suppress.h"
 #include "hospitality/privacy/v1/privacy.pb-c.h"
+#include "marketing.h"
 #include "rec.h"
 
 #define CAT(x)   HOSPITALITY__PRIVACY__V1__DATA_CATEGORY__DATA_CATEGORY_##x
@@ -111,6 +112,22 @@ static const section_t sections[] = {
       "value_minor, 'currency', currency, 'occurred_at', " ISO(
           "occurred_at") ")::text FROM rc_feedback WHERE guest_id = $1::uuid ORDER BY "
                          "occurred_at",
+      1}},
+    /* marketing (marketing.c) */
+    {"marketing_emails",
+     CAT(RECOMMENDATIONS),
+     {"mk_x_emails",
+      "SELECT json_build_object('email_id', email_id, 'template_id', template_id, "
+      "'template_version', template_version, 'variant_id', variant_id, 'campaign_id', "
+      "campaign_id, 'recommendation_id', recommendation_id, 'generated_at', " ISO(
+          "generated_at") ")::text FROM mk_emails WHERE guest_id = $1::uuid ORDER BY generated_at",
+      1}},
+    {"ab_assignments",
+     CAT(RECOMMENDATIONS),
+     {"mk_x_assign",
+      "SELECT json_build_object('campaign_id', campaign_id, 'template_id', template_id, "
+      "'variant_id', variant_id, 'assigned_at', " ISO(
+          "assigned_at") ")::text FROM mk_assignments WHERE guest_id = $1::uuid ORDER BY 1",
       1}},
 };
 #define NSECTIONS (sizeof sections / sizeof sections[0])
@@ -247,6 +264,8 @@ static int erase_fn(hm_db_t *db, void *arg)
         else
             rc_->deleted[rc_->n_deleted++] = c;
     }
+    if ((rc = mkt_erase(db, a, t->req->guest_id, anon, rc_)) != 0)
+        return rc;
     char *hash = hm_arena_alloc(a, 65);
     hm_subject_hash(t->req->guest_id, hash);
     const char *hp[1] = {hash};

@@ -206,6 +206,8 @@ class MeshStack:
             # (Daemon.environment() would draw new random keys at every start)
             d.extra_env.update({"HM_PII_KEYS": "k1:" + hmtest.random_hex(),
                                 "HM_PII_INDEX_KEY": hmtest.random_hex()})
+            if n == "recommenderd":  # signs marketing email's unsubscribe links (as tools/dev)
+                d.extra_env["HM_MKT_UNSUBSCRIBE_KEY"] = hmtest.random_hex()
             d.extra_env.update({"HM_REDIS_ADDR": self.redis.addr,
                                 "HM_SERVICE_TOKEN": hmtest.token(n, roles=("service",),
                                                                  ttl=24 * 3600),

@@ -1,0 +1,1 @@
+DROP TABLE mk_emails, mk_assignments, mk_templates;
