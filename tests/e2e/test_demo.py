@@ -4,13 +4,12 @@ The main job end to end (issue 12, item 1): tools/demo/hm-demo run against a who
 other), as `tools/dev up --demo` runs it. The demo exits non-zero at the first failed step; this
 test also checks that every step of the journey was printed and that what the transcript claims
 is true in the daemons' databases (one booking and its settled saga, the points, the erasure).
-
-The marketing step (email, vision board) may print "skipped: marketing not available" while
-recommenderd answers UNIMPLEMENTED for hospitality.marketing.v1 (issue 8); once marketing is
-served the demo checks its output like every other step.
+The marketing step must have written the email (HTML) and the vision board (a PNG of the
+size asked for).
 """
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,10 @@ class DemoJourney(hmtest.TestCase):
             r = subprocess.run([sys.executable, DEMO, "--out", out] + list(args), env=env,
                                capture_output=True, text=True, timeout=timeout,
                                stdin=subprocess.DEVNULL)
-            files = sorted(os.listdir(out))
+            files = {}
+            for name in sorted(os.listdir(out)):
+                with open(os.path.join(out, name), "rb") as f:
+                    files[name] = f.read()
         sys.stdout.write(r.stdout)
         sys.stdout.write(r.stderr)
         return r, files
@@ -62,10 +64,14 @@ class DemoJourney(hmtest.TestCase):
         self.assertIn("The journey completed: %d steps, all OK." % len(titles), out)
         self.assertIn("ALREADY_EXISTS (as expected)", out)
         self.assertIn("personalized no, reason NO_CONSENT", out)
-        # The marketing step either wrote both files or says why it was skipped.
-        if "skipped: marketing not available" not in out:
-            self.assertTrue(any(f.endswith(".html") for f in files), files)
-            self.assertTrue(any(f.endswith(".png") for f in files), files)
+        # The marketing step wrote both files, and they are what they claim to be.
+        html = [b for f, b in files.items() if f.endswith(".html")]
+        png = [b for f, b in files.items() if f.endswith(".png")]
+        self.assertTrue(html and png, list(files))
+        self.assertIn(b"unsubscribe", html[0].lower())
+        head = png[0][:24]
+        self.assertEqual(head[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(struct.unpack(">II", head[16:24]), (1200, 800))
 
         # What the transcript claims, checked in the databases.
         ref = re.search(r"booking (BR-[0-9A-Z-]+): ", out).group(1)
