@@ -327,8 +327,12 @@ fuzz_run() {
 	mapfile -t targets < <(meson introspect "$dir" --tests | python3 -c '
 import json, sys
 for t in json.load(sys.stdin):
-    if "fuzz" in t["suite"]:
+    if any(s.split(":")[-1] == "fuzz" for s in t["suite"]):
         print("tests/fuzz/" + t["name"])')
+	if [ ${#targets[@]} -eq 0 ]; then
+		step_fail "$dir: no fuzz targets found in the test list"
+		return 1
+	fi
 	if ! meson compile -C "$dir" "${targets[@]}" >"$dir/meson-logs/run-all-compile.log" 2>&1; then
 		grep -E -A4 '(error|warning):' "$dir/meson-logs/run-all-compile.log" | head -n 60 >&2
 		step_fail "$dir: compile failed (log: $dir/meson-logs/run-all-compile.log)"

@@ -164,10 +164,8 @@ class Marketing(hmtest.TestCase):
 
     @classmethod
     def call(cls, daemon, method, req, resp_cls, md=None, timeout=10):
-        fn = cls.m.daemons[daemon].channel().unary_unary(
-            method, request_serializer=type(req).SerializeToString,
-            response_deserializer=resp_cls.FromString)
-        return fn(req, metadata=md if md is not None else cls.admin, timeout=timeout)
+        return cls.m.unary(daemon, method, req, resp_cls, md if md is not None else cls.admin,
+                           timeout)
 
     @classmethod
     def mk_call(cls, method, req, md=None):

@@ -26,7 +26,6 @@ import datetime
 import hashlib
 import json
 import os
-import socket
 import sys
 import time
 import uuid
@@ -43,32 +42,7 @@ P_CONFIRMED, P_RETRYING = 3, 4
 GDPR, CCPA, PIPEDA = 1, 2, 3
 
 
-def redis_cmd(*args):
-    """One Redis command with binary-safe arguments; returns the raw reply."""
-    host, port = hmtest.require_env().redis_addr.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
-        s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
-        f = s.makefile("rb")
-
-        def read():
-            line = f.readline().rstrip(b"\r\n")
-            k, rest = line[:1], line[1:]
-            if k == b"+":
-                return rest.decode()
-            if k == b"-":
-                raise AssertionError("redis: " + rest.decode())
-            if k == b":":
-                return int(rest)
-            if k == b"$":
-                n = int(rest)
-                return None if n < 0 else f.read(n + 2)[:-2]
-            if k == b"*":
-                n = int(rest)
-                return None if n < 0 else [read() for _ in range(n)]
-            raise AssertionError("bad reply %r" % line)
-
-        return read()
+redis_cmd = hmtest.redis_cmd
 
 
 def stream_events(stream, type_, guest):

@@ -90,10 +90,8 @@ class PrivacyMesh(hmtest.TestCase):
 
     @classmethod
     def call(cls, daemon, method, req, resp_cls, md=None, timeout=10):
-        fn = cls.m.daemons[daemon].channel().unary_unary(
-            method, request_serializer=type(req).SerializeToString,
-            response_deserializer=resp_cls.FromString)
-        return fn(req, metadata=md if md is not None else cls.admin, timeout=timeout)
+        return cls.m.unary(daemon, method, req, resp_cls, md if md is not None else cls.admin,
+                           timeout)
 
     def privacy(self, method, req, md=None):
         return self.call("privacyd", PV + method, req, getattr(self.pv, method + "Response"), md)

@@ -226,6 +226,14 @@ class MeshStack:
         # itself (closing it here would fail the load's calls in flight with CANCELLED
         # "Channel closed!", a client-side artefact).
 
+    def unary(self, daemon, method, req, resp_cls, md, timeout=10):
+        """One unary call to a daemon of the stack: METHOD is the full path, REQ a message,
+        RESP_CLS the response class, MD the call's metadata (hmtest.auth_md(...))."""
+        fn = self.daemons[daemon].channel().unary_unary(
+            method, request_serializer=type(req).SerializeToString,
+            response_deserializer=resp_cls.FromString)
+        return fn(req, metadata=md, timeout=timeout)
+
     def psql(self, db, sql):
         r = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-h", self.pg.sock, "-p",
                             str(self.pg.port), "-U", "postgres", "-d", db, "-c", sql],
