@@ -147,7 +147,9 @@ static const hm_stmt_t st_idem_forget = {
     "bk_idem_forget", "DELETE FROM bk_idempotency WHERE scope LIKE '%:' || $1 RETURNING 1", 1};
 static const hm_stmt_t st_keep_receipt = {
     "bk_keep_receipt",
-    "INSERT INTO bk_erasures (request_id, guest_id, receipt) VALUES ($1, $2::uuid, $3)", 3};
+    "INSERT INTO bk_erasures (request_id, guest_hash, receipt) VALUES ($1, "
+    "encode(sha256(convert_to($2::uuid::text, 'UTF8')), 'hex'), $3)",
+    3};
 
 typedef struct erase_tx {
     hm_call_t *call;
@@ -183,6 +185,8 @@ static int erase_fn(hm_db_t *db, void *arg)
             return HM_EINTERNAL;
         t->receipt = (void *)protobuf_c_message_unpack(
             &hospitality__privacy__v1__erasure_receipt__descriptor, hm_arena_pb(a), len, blob);
+        if (t->receipt) /* kept without the guest id */
+            t->receipt->guest_id = t->req->guest_id;
         return t->receipt ? 0 : HM_EINTERNAL;
     }
     const char *p[1] = {t->req->guest_id};
@@ -204,9 +208,12 @@ static int erase_fn(hm_db_t *db, void *arg)
     rc_->anonymized[rc_->n_anonymized++] = count(a, "bookings", PQntuples(t->refs));
     rc_->anonymized[rc_->n_anonymized++] = count(a, "booking_status_history", PQntuples(h));
     rc_->completed_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
+    /* stored without the guest id (kept by its hash only); the answer carries it */
+    rc_->guest_id = "";
     size_t n = protobuf_c_message_get_packed_size(&rc_->base);
     uint8_t *buf = hm_arena_alloc(a, n + 1);
     protobuf_c_message_pack(&rc_->base, buf);
+    rc_->guest_id = t->req->guest_id;
     const char *kp[3] = {t->req->request_id, t->req->guest_id, (const char *)buf};
     int lens[3] = {0, 0, (int)n}, fmts[3] = {0, 0, 1};
     if ((rc = hm_db_exec(db, &st_keep_receipt, kp, lens, fmts, NULL)) != 0)

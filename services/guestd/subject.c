@@ -235,7 +235,10 @@ GD_HANDLER(guest_export_subject)
 static const hm_stmt_t st_receipt = {"gs_receipt",
                                      "SELECT receipt FROM guest_erasures WHERE request_id = $1", 1};
 static const hm_stmt_t st_keep = {
-    "gs_keep", "INSERT INTO guest_erasures (request_id, guest_id, receipt) VALUES ($1, $2, $3)", 3};
+    "gs_keep",
+    "INSERT INTO guest_erasures (request_id, guest_hash, receipt) VALUES ($1, "
+    "encode(sha256(convert_to($2::uuid::text, 'UTF8')), 'hex'), $3)",
+    3};
 /* One statement per table: the subject and every guest merged into it, recursively. */
 #define SUBJECTS                                                                                   \
     "WITH RECURSIVE s(id) AS (SELECT $1::uuid UNION SELECT g.guest_id FROM guests g JOIN s ON "    \
@@ -342,6 +345,8 @@ static int er_fn(hm_db_t *db, void *arg)
             return HM_EINTERNAL;
         t->receipt = (void *)protobuf_c_message_unpack(
             &hospitality__privacy__v1__erasure_receipt__descriptor, hm_arena_pb(a), len, blob);
+        if (t->receipt) /* kept without the guest id */
+            t->receipt->guest_id = t->req->guest_id;
         return t->receipt ? 0 : HM_EINTERNAL;
     }
     Hospitality__Privacy__V1__ErasureReceipt *rc_ = hm_arena_alloc(a, sizeof *rc_);
@@ -373,9 +378,12 @@ static int er_fn(hm_db_t *db, void *arg)
         rc_->deleted[rc_->n_deleted++] = c;
     }
     rc_->completed_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
+    /* stored without the guest id (kept by its hash only); the answer carries it */
+    rc_->guest_id = "";
     size_t n = protobuf_c_message_get_packed_size(&rc_->base);
     uint8_t *buf = hm_arena_alloc(a, n + 1);
     protobuf_c_message_pack(&rc_->base, buf);
+    rc_->guest_id = t->req->guest_id;
     const char *kp[3] = {t->req->request_id, t->req->guest_id, (const char *)buf};
     int lens[3] = {0, 0, (int)n}, fmts[3] = {0, 0, 1};
     if ((rc = hm_db_exec_arena(db, a, &st_keep, kp, lens, fmts, &r)) != 0)

@@ -733,6 +733,12 @@ class BookingCore(hmtest.TestCase):
         self.assertEqual({c.section: c.count for c in r1.anonymized}["bookings"], 1)
         r2 = s.dss("EraseSubjectData", req, "EraseSubjectDataResponse").receipt
         self.assertEqual(r1, r2)  # idempotent by request id
+        self.assertEqual(r1.guest_id, guest)
+        # the receipt is kept by the id's hash only: nothing names the guest any more
+        kept = s.bsql("SELECT encode(receipt, 'hex') FROM bk_erasures WHERE guest_hash = "
+                      "encode(sha256(convert_to('%s', 'UTF8')), 'hex')" % guest)
+        kept = s.privacy.ErasureReceipt.FromString(bytes.fromhex(kept))
+        self.assertEqual((kept.receipt_id, kept.guest_id), (r1.receipt_id, ""))
         self.assertIsNone(redis_get("hm:bookingd:ref:" + b.booking_reference))
         # accounting keeps the booking, without the person
         row = s.bsql("SELECT reference, total_price, guest_name IS NULL, guest_id::text <> '%s' "

@@ -113,6 +113,44 @@ class DaemonCliTest(hmtest.TestCase):
         finally:
             hmtest.drop_database(db)
 
+    def test_erasure_receipts_lose_the_plain_guest_id_on_upgrade(self):
+        """guestd's migration 004: receipts written before it (guest_id column, the id inside
+        the packed receipt) keep only the id's SHA-256, and the receipt stays decodable."""
+        import hashlib
+        hmtest.project_protos()
+        from hospitality.privacy.v1 import privacy_pb2
+        env = hmtest.require_env()
+        db = hmtest.create_database("cli-erasure-hash")
+        try:
+            menv = {"HM_DATABASE_URL": env.conninfo(db)}
+            r = run([hmctl(), "migrate", "up", "--service", "guestd"], env=menv)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = run([hmctl(), "migrate", "down", "3", "--service", "guestd"], env=menv)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            guest = "0190f1c2-6b4e-7c3a-9d2e-5f8a1b2c3d4e"
+            old = privacy_pb2.ErasureReceipt(receipt_id="0190f1c2-7000-7abc-8def-0123456789ab",
+                                             request_id="req-1", guest_id=guest,
+                                             participant="guestd")
+            old.deleted.add(section="interactions", count=3)
+            hmtest.psql("INSERT INTO guest_erasures (request_id, guest_id, receipt) VALUES "
+                        "('req-1', '%s', '\\x%s')" % (guest, old.SerializeToString().hex()),
+                        dbname=db)
+            r = run([hmctl(), "migrate", "up", "--service", "guestd"], env=menv)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            row = hmtest.psql("SELECT guest_hash, encode(receipt, 'hex') FROM guest_erasures "
+                              "WHERE request_id = 'req-1'", dbname=db).strip().split("|")
+            self.assertEqual(row[0], hashlib.sha256(guest.encode()).hexdigest())
+            kept = privacy_pb2.ErasureReceipt.FromString(bytes.fromhex(row[1]))
+            self.assertEqual(kept.guest_id, "")
+            old.guest_id = ""
+            self.assertEqual(kept, old)
+            self.assertNotIn(guest.encode(), bytes.fromhex(row[1]))
+            self.assertEqual(hmtest.psql("SELECT count(*) FROM information_schema.columns "
+                                         "WHERE table_name = 'guest_erasures' AND column_name "
+                                         "= 'guest_id'", dbname=db).strip(), "0")
+        finally:
+            hmtest.drop_database(db)
+
 
 if __name__ == "__main__":
     hmtest.main()

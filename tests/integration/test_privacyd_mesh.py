@@ -38,11 +38,9 @@ COMPLETED, IN_PROGRESS = 3, 2
 P_CONFIRMED, P_RETRYING = 3, 4
 PERSONALIZATION, MARKETING_EMAIL = 1, 2
 GRANTED, WITHDRAWN = 1, 3
-# Tables that keep the erased guest's id on purpose, by daemon: the participants' own records of
-# the erasure (their idempotency receipts). privacyd itself keeps only the id's hash (so does
-# recommenderd's list of erased guests that its offline trainer skips).
-RETAINED = {"bookingd": {"bk_erasures"}, "guestd": {"guest_erasures"},
-            "recommenderd": {"rc_erasures"}}
+# Tables that keep the erased guest's id on purpose, by daemon: none. Every participant keeps its
+# erasure receipts (and privacyd its suppression list) by the SHA-256 of the id only.
+RETAINED = {}
 
 
 class PrivacyMesh(hmtest.TestCase):

@@ -1,0 +1,3 @@
+-- The plain ids cannot come back from their hashes: the column returns empty.
+ALTER TABLE guest_erasures ADD COLUMN guest_id uuid;
+ALTER TABLE guest_erasures DROP COLUMN guest_hash;
