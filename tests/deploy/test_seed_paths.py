@@ -3,7 +3,7 @@ Every REST path in the seeds maps to an RPC (issue 11).
 
 Reads the descriptor set meson builds (common/descriptor_set.pb: our protos with their imports,
 protoc --include_imports) and the google.api.http bindings in it, then checks the whole list of
-`METHOD /path` lines in /work/shared/seeds/*.txt (or HM_TEST_SEEDS_DIR): each maps to exactly
+`METHOD /path` lines in ../shared/seeds/*.txt beside the checkout (or HM_TEST_SEEDS_DIR): each maps to exactly
 one RPC of a service the REST gateways serve (tools/gateway/main.go's upstreams and the Envoy
 component's `services` list). Path variables compare by position, not by name (`{id}` in a seed,
 `{booking_id}` in the proto). Health and metrics paths are left out: the gRPC health service and
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import hmtest  # noqa: E402
 
 SRC = hmtest.SRC_ROOT
-SEEDS = os.environ.get("HM_TEST_SEEDS_DIR") or "/work/shared/seeds"
+SEEDS = os.environ.get("HM_TEST_SEEDS_DIR") or os.path.join(SRC, "..", "shared", "seeds")
 DESCRIPTORS = os.environ.get("HM_TEST_DESCRIPTOR_SET") or os.path.join(
     hmtest.BUILD_ROOT, "common", "descriptor_set.pb")
 SEED_LINE = re.compile(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`\s]*)`")
