@@ -354,7 +354,6 @@ static int er_fn(hm_db_t *db, void *arg)
     rc_->receipt_id = hm_arena_alloc(a, HM_UUID_LEN + 1);
     hm_uuid_v4(rc_->receipt_id);
     rc_->request_id = t->req->request_id;
-    rc_->guest_id = t->req->guest_id;
     rc_->participant = "guestd";
     rc_->deleted = hm_arena_alloc(a, sizeof(void *) * (NPURGE + 1));
     if ((rc = gd_q(&e, &st_merged_ids, &r, t->req->guest_id)) != 0)
@@ -378,8 +377,7 @@ static int er_fn(hm_db_t *db, void *arg)
         rc_->deleted[rc_->n_deleted++] = c;
     }
     rc_->completed_at = hm_timestamp_from_us(a, hm_now_ms() * 1000);
-    /* stored without the guest id (kept by its hash only); the answer carries it */
-    rc_->guest_id = "";
+    /* packed without the guest id (kept by its hash only); the answer carries it */
     size_t n = protobuf_c_message_get_packed_size(&rc_->base);
     uint8_t *buf = hm_arena_alloc(a, n + 1);
     protobuf_c_message_pack(&rc_->base, buf);

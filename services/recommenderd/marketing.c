@@ -1134,6 +1134,8 @@ REC_HANDLER(mkt_get_vision_board)
 
 /* ---- erasure (inside subject.c's transaction) ---- */
 
+#define RECOMMENDATIONS HOSPITALITY__PRIVACY__V1__DATA_CATEGORY__DATA_CATEGORY_RECOMMENDATIONS
+
 static const hm_stmt_t st_erase_assign = {
     "mk_e_assign", "DELETE FROM mk_assignments WHERE guest_id = $1::uuid RETURNING 1", 1};
 static const hm_stmt_t st_erase_emails = {
@@ -1141,17 +1143,6 @@ static const hm_stmt_t st_erase_emails = {
 static const hm_stmt_t st_anon_emails = {
     "mk_e_emails_anon",
     "UPDATE mk_emails SET guest_id = NULL WHERE guest_id = $1::uuid RETURNING 1", 1};
-
-static Hospitality__Privacy__V1__SectionCount *section_count(hm_arena_t *a, const char *name,
-                                                             int64_t n)
-{
-    Hospitality__Privacy__V1__SectionCount *c = hm_arena_alloc(a, sizeof *c);
-    hospitality__privacy__v1__section_count__init(c);
-    c->section = (char *)name;
-    c->category = HOSPITALITY__PRIVACY__V1__DATA_CATEGORY__DATA_CATEGORY_RECOMMENDATIONS;
-    c->count = n;
-    return c;
-}
 
 int mkt_erase(hm_db_t *db, hm_arena_t *a, const char *guest, bool anonymize,
               Hospitality__Privacy__V1__ErasureReceipt *receipt)
@@ -1161,11 +1152,13 @@ int mkt_erase(hm_db_t *db, hm_arena_t *a, const char *guest, bool anonymize,
     int rc = hm_db_exec_arena(db, a, &st_erase_assign, p, NULL, NULL, &r);
     if (rc != 0)
         return rc;
-    Hospitality__Privacy__V1__SectionCount *c1 = section_count(a, "ab_assignments", PQntuples(r));
+    Hospitality__Privacy__V1__SectionCount *c1 =
+        rec_section_count(a, "ab_assignments", RECOMMENDATIONS, PQntuples(r));
     if ((rc = hm_db_exec_arena(db, a, anonymize ? &st_anon_emails : &st_erase_emails, p, NULL, NULL,
                                &r)) != 0)
         return rc;
-    Hospitality__Privacy__V1__SectionCount *c2 = section_count(a, "marketing_emails", PQntuples(r));
+    Hospitality__Privacy__V1__SectionCount *c2 =
+        rec_section_count(a, "marketing_emails", RECOMMENDATIONS, PQntuples(r));
     /* the receipt's lists are grown here (subject.c sized them for its own sections); a guest
      * without marketing rows gets no marketing lines */
     Hospitality__Privacy__V1__SectionCount **d =

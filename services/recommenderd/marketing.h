@@ -76,6 +76,10 @@ void mkt_board_rect(const Hospitality__Marketing__V1__BoardLayout *l,
                     const Hospitality__Marketing__V1__GridPosition *p, int *x, int *y, int *w,
                     int *h);
 
+/* A receipt's line: N records of SECTION in data category CAT, in the arena (subject.c). */
+Hospitality__Privacy__V1__SectionCount *rec_section_count(hm_arena_t *a, const char *section,
+                                                          int cat, int64_t n);
+
 /* Erasure of the guest's marketing rows inside subject.c's transaction: assignments are
  * deleted, emails deleted (anonymize: unlinked from the guest and kept for the variant
  * statistics). Non-zero counts go into the receipt's lists. 0 or an hm_db error. */

@@ -210,8 +210,8 @@ typedef struct erase_tx {
     Hospitality__Privacy__V1__ErasureReceipt *receipt;
 } erase_tx_t;
 
-static Hospitality__Privacy__V1__SectionCount *count(hm_arena_t *a, const char *section, int cat,
-                                                     int64_t n)
+Hospitality__Privacy__V1__SectionCount *rec_section_count(hm_arena_t *a, const char *section,
+                                                          int cat, int64_t n)
 {
     Hospitality__Privacy__V1__SectionCount *c = hm_arena_alloc(a, sizeof *c);
     hospitality__privacy__v1__section_count__init(c);
@@ -249,8 +249,8 @@ static int erase_fn(hm_db_t *db, void *arg)
     for (size_t i = 0; i < 4; i++) {
         if ((rc = hm_db_exec_arena(db, a, &st_del[i], p, NULL, NULL, &r)) != 0)
             return rc;
-        rc_->deleted[rc_->n_deleted++] =
-            count(a, del_names[i], i < 2 ? CAT(INTERACTIONS) : CAT(RECOMMENDATIONS), PQntuples(r));
+        rc_->deleted[rc_->n_deleted++] = rec_section_count(
+            a, del_names[i], i < 2 ? CAT(INTERACTIONS) : CAT(RECOMMENDATIONS), PQntuples(r));
     }
     bool anon = t->req->mode == HOSPITALITY__PRIVACY__V1__ERASURE_MODE__ERASURE_MODE_ANONYMIZE;
     for (size_t i = 0; i < 2; i++) {
@@ -258,7 +258,7 @@ static int erase_fn(hm_db_t *db, void *arg)
                                    NULL, &r)) != 0)
             return rc;
         Hospitality__Privacy__V1__SectionCount *c =
-            count(a, list_names[i], CAT(RECOMMENDATIONS), PQntuples(r));
+            rec_section_count(a, list_names[i], CAT(RECOMMENDATIONS), PQntuples(r));
         if (anon)
             rc_->anonymized[rc_->n_anonymized++] = c;
         else

@@ -7,7 +7,6 @@ import json
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import time
 import urllib.request
@@ -19,6 +18,8 @@ import hmtest  # noqa: E402  (proto generation only)
 
 hmtest.project_protos()
 import grpc  # noqa: E402
+import h2load_grpc  # noqa: E402
+from h2load_grpc import pct  # noqa: E402
 from hospitality.booking.v1 import booking_pb2 as pb  # noqa: E402
 from hospitality.common.v1 import common_pb2  # noqa: E402
 
@@ -61,41 +62,14 @@ def frame(msg):
     return b"\x00" + struct.pack(">I", len(b)) + b
 
 
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0
-
-
 def h2load(name, method, body, n, auth=True):
-    path = os.path.join(TMP, name + ".bin")
-    with open(path, "wb") as f:
-        f.write(body)
-    lat = os.path.join(TMP, name + ".lat")
-    cmd = ["h2load", "-n", str(n), "-c", str(CONNS), "-m", str(STREAMS), "-t", "1", "-d", path,
-           "-H", "content-type: application/grpc", "-H", "te: trailers",
-           "--log-file=" + lat, "http://%s%s" % (ADDR, method)]
-    if auth:
-        cmd[1:1] = ["-H", "authorization: Bearer " + TOKEN]
     before = counters()
-    t0 = time.monotonic()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.monotonic() - t0
+    rps, us = h2load_grpc.run(TMP, name, ADDR, method, body, n, CONNS, STREAMS,
+                              TOKEN if auth else None)
     after = counters()
-    if r.returncode != 0:
-        raise SystemExit("h2load failed: " + r.stderr[-500:])
-    rps = None
-    for line in r.stdout.splitlines():
-        if line.startswith("finished in"):
-            rps = float(line.split(",")[1].split()[0])
-    us = []
-    with open(lat) as f:
-        for line in f:
-            parts = line.split("\t")
-            if len(parts) >= 3:
-                us.append(int(parts[2]))
     ok, other = delta(before, after, method)
     verified = ok == n and other == 0
-    return {"req_per_s": rps or n / wall, "p50_ms": pct(us, 0.5) / 1000,
+    return {"req_per_s": rps, "p50_ms": pct(us, 0.5) / 1000,
             "p99_ms": pct(us, 0.99) / 1000, "server_ok": ok, "server_other": other,
             "verified": verified}
 

@@ -23,6 +23,8 @@ import hmtest  # noqa: E402  (proto generation only)
 
 hmtest.project_protos()
 import grpc  # noqa: E402
+import h2load_grpc  # noqa: E402
+from h2load_grpc import pct  # noqa: E402
 from hospitality.common.v1 import domain_pb2  # noqa: E402
 from hospitality.privacy.v1 import privacy_pb2 as pv  # noqa: E402
 from hospitality.recommender.v1 import recommender_pb2 as rc  # noqa: E402
@@ -62,42 +64,15 @@ def frame(msg):
     return b"\x00" + struct.pack(">I", len(b)) + b
 
 
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0
-
-
 def h2load(name, addr, method, body, n, auth=True, conns=None, streams=None):
-    path = os.path.join(TMP, name + ".bin")
-    with open(path, "wb") as f:
-        f.write(body)
-    lat = os.path.join(TMP, name + ".lat")
-    cmd = ["h2load", "-n", str(n), "-c", str(conns or CONNS), "-m", str(streams or STREAMS), "-t",
-           "1", "-d", path,
-           "-H", "content-type: application/grpc", "-H", "te: trailers",
-           "--log-file=" + lat, "http://%s%s" % (addr, method)]
-    if auth:
-        cmd[1:1] = ["-H", "authorization: Bearer " + TOKEN]
     before = counters(addr)
-    t0 = time.monotonic()
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.monotonic() - t0
+    rps, us = h2load_grpc.run(TMP, name, addr, method, body, n, conns or CONNS,
+                              streams or STREAMS,
+                              TOKEN if auth else None)
     after = counters(addr)
-    if r.returncode != 0:
-        raise SystemExit("h2load failed: " + r.stderr[-500:])
-    rps = None
-    for line in r.stdout.splitlines():
-        if line.startswith("finished in"):
-            rps = float(line.split(",")[1].split()[0])
-    us = []
-    with open(lat) as f:
-        for line in f:
-            parts = line.split("\t")
-            if len(parts) >= 3:
-                us.append(int(parts[2]))
     ok = after.get((method, "OK"), 0) - before.get((method, "OK"), 0)
     other = sum(v - before.get(k, 0) for k, v in after.items() if k[0] == method and k[1] != "OK")
-    return {"req_per_s": rps or n / wall, "p50_ms": pct(us, 0.5) / 1000,
+    return {"req_per_s": rps, "p50_ms": pct(us, 0.5) / 1000,
             "p99_ms": pct(us, 0.99) / 1000, "server_ok": ok, "server_other": other,
             "verified": ok == n and other == 0}
 
